@@ -1,0 +1,83 @@
+"""What is known about image models, as data: capabilities and prices.
+
+``gateway/data/models.yaml`` describes OpenAI's GPT Image models. Plugins that speak
+OpenAI's API (openai, azure_openai, local) build their ``models()`` from it; operators
+override any of it per model in config.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+
+import msgspec
+
+
+class SizeRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A flexible ``WxH`` rule (gpt-image-2): every size that satisfies it is accepted."""
+
+    multiple_of: int = 16
+    max_edge: int = 3840
+    max_aspect: float = 3.0
+    min_pixels: int = 655_360
+    max_pixels: int = 8_294_400
+
+    def explain(self, width: int, height: int) -> str | None:
+        """Why ``width`` x ``height`` breaks the rule, or None when it does not."""
+        if width % self.multiple_of or height % self.multiple_of:
+            return f"both width and height must be multiples of {self.multiple_of}"
+        if max(width, height) > self.max_edge:
+            return f"the longest edge must be at most {self.max_edge} pixels"
+        if max(width, height) > self.max_aspect * min(width, height):
+            return f"the aspect ratio must be between 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+        pixels = width * height
+        if not self.min_pixels <= pixels <= self.max_pixels:
+            return f"the total pixel count must be between {self.min_pixels:,} and {self.max_pixels:,}"
+        return None
+
+
+class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a model accepts; the gateway checks every request against it before any call."""
+
+    sizes: tuple[str, ...] = ("auto", "1024x1024", "1536x1024", "1024x1536")
+    flexible_sizes: SizeRule | None = None
+    qualities: tuple[str, ...] = ("auto", "low", "medium", "high")
+    output_formats: tuple[str, ...] = ("png", "jpeg", "webp")
+    #: Formats for which ``output_compression`` may be sent.
+    compression_formats: tuple[str, ...] = ("jpeg", "webp")
+    #: Formats that can carry ``background: transparent``; empty means no transparency.
+    transparent_formats: tuple[str, ...] = ("png", "webp")
+    moderation: tuple[str, ...] = ("auto", "low")
+    max_n: int = 10
+    #: Request fields beyond the contract that this model accepts and that are forwarded as is.
+    extra_fields: tuple[str, ...] = ()
+
+
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """USD per 1M tokens. A missing rate means unknown, never free."""
+
+    text_input: float | None = None
+    cached_text_input: float | None = None
+    image_input: float | None = None
+    cached_image_input: float | None = None
+    text_output: float | None = None
+    image_output: float | None = None
+
+
+class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``owner/model`` id a provider can serve."""
+
+    id: str
+    capabilities: Capabilities = Capabilities()
+
+
+class CatalogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    capabilities: Capabilities = Capabilities()
+    price: Price | None = None
+
+
+@functools.cache
+def openai_image_models() -> dict[str, CatalogEntry]:
+    """The GPT Image models from the bundled ``models.yaml``, keyed by ``owner/model`` id."""
+    raw = importlib.resources.files("gateway").joinpath("data/models.yaml").read_bytes()
+    return msgspec.yaml.decode(raw, type=dict[str, CatalogEntry])

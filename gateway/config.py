@@ -1,0 +1,283 @@
+"""The gateway's configuration: one YAML file decoded into msgspec Structs, loaded once.
+
+Secrets stay out of the file through ``${ENV_VAR}`` references (``${VAR:-default}`` gives a
+default). Problems are collected, not raised one at a time, each with its location
+(``$.providers[1].plugin``, line 12), so ``opengateway check-config`` can report all of them.
+With no file at all, ``config_from_env`` builds a working configuration from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from gateway.catalog import Capabilities, Price, openai_image_models
+
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    #: Largest accepted request body; the prompt is at most 32,000 characters.
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 1_048_576
+    #: Largest accepted upstream answer (n images of several MB of base64 each).
+    max_upstream_body_bytes: Annotated[int, Meta(ge=1024)] = 268_435_456
+    access_log: bool = True
+    keepalive_timeout_s: PositiveSeconds = 75.0
+    #: How long a SIGTERM waits for in-flight requests before exiting.
+    drain_timeout_s: PositiveSeconds = 30.0
+    #: Connections kept per upstream host; image calls are long, so this bounds concurrency.
+    upstream_pool_size: Annotated[int, Meta(ge=1)] = 10_000
+
+
+class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A gateway key: only its SHA-256 hash is stored (``opengateway keys create`` prints it)."""
+
+    name: str
+    hash: Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+    #: Globs of the model ids this key may use (``openai/*``).
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: Globs of the models it may name as fallbacks; None means the same as ``models``.
+    fallback_models: list[str] | None = None
+    enabled: bool = True
+
+
+class ProviderInstance(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One configured instance of a provider plugin."""
+
+    id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    plugin: str
+    region: str = "global"
+    settings: dict[str, Any] = {}
+
+
+class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    provider: str
+    weight: Annotated[float, Meta(gt=0)] | None = None
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A model id's deployments, in priority order (or weighted), and its defaults."""
+
+    targets: list[str | TargetConfig]
+    fallbacks: list[str] = []
+    #: Replaces the capabilities the provider declares for this model.
+    capabilities: Capabilities | None = None
+    #: Request fields beyond the contract to accept and forward, added to the capabilities'.
+    extra_fields: list[str] = []
+    #: Overrides the bundled price table (USD per 1M tokens).
+    price: Price | None = None
+
+
+class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    attempt_timeout_s: PositiveSeconds = 120.0
+    deadline_s: PositiveSeconds = 300.0
+    max_fallbacks: Annotated[int, Meta(ge=0)] = 5
+    retry_statuses: list[int] = msgspec.field(default_factory=lambda: [408, 429, 500, 502, 503, 504])
+    fallback_on_moderation: bool = False
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = ServerConfig()
+    providers: list[ProviderInstance] = []
+    models: dict[str, ModelConfig] = {}
+    aliases: dict[str, str] = {}
+    keys: list[KeyConfig] = []
+    router: RouterConfig = RouterConfig()
+    #: Key hashes of admins (dashboard, reload); empty means no admin access.
+    admin_keys: list[KeyConfig] = []
+
+
+class Problem(msgspec.Struct, frozen=True):
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem], source: str = "config") -> None:
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(map(str, problems)))
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
+    """Map every JSON path of a YAML document to its 1-based line."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _lines(value, f"{path}.{key.value}", out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _lines(value, f"{path}[{i}]", out)
+
+
+def _expand(value: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) in env:
+                return env[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            problems.append(Problem(path, f"environment variable {m.group(1)} is not set"))
+            return ""
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{path}.{k}", problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        problems.append(Problem(path + where.rstrip("`"), message))
+        return None
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
+    """Parse and check a YAML config; raise ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError([Problem("$", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                                   mark.line + 1 if mark else None)], source) from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _lines(node, "$", lines)
+    problems: list[Problem] = []
+    raw = _expand(raw if raw is not None else {}, env, "$", problems)
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem("$", "the config must be a mapping", 1)], source)
+    # Convert section by section (and item by item) so that one bad entry does not hide the next.
+    sections: dict[str, Any] = {}
+    for name, field_type in _SECTIONS.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if isinstance(value, list) and name in ("providers", "keys", "admin_keys"):
+            item_type = field_type.__args__[0]
+            sections[name] = [_convert(v, item_type, f"$.{name}[{i}]", problems) for i, v in enumerate(value)]
+        elif isinstance(value, dict) and name == "models":
+            sections[name] = {k: _convert(v, ModelConfig, f"$.models.{k}", problems) for k, v in value.items()}
+        else:
+            sections[name] = _convert(value, field_type, f"$.{name}", problems)
+    for name in raw:
+        if name not in _SECTIONS:
+            problems.append(Problem(f"$.{name}", f"unknown section (expected one of: {', '.join(_SECTIONS)})"))
+    config = None
+    if not problems:
+        config = msgspec.convert(sections, Config)
+        problems.extend(check_references(config))
+    if problems:
+        raise ConfigError([_locate(p, lines) for p in problems], source)
+    assert config is not None
+    return config
+
+
+_SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config)}
+
+
+def _locate(problem: Problem, lines: dict[str, int]) -> Problem:
+    path = problem.path
+    while path and path not in lines:
+        path = path[: max(path.rfind("."), path.rfind("["))] if ("." in path[1:] or "[" in path) else ""
+    return msgspec.structs.replace(problem, line=lines.get(path))
+
+
+def check_references(config: Config) -> list[Problem]:
+    """Cross-references inside the config (plugins themselves are checked when loaded)."""
+    problems: list[Problem] = []
+    ids = [p.id for p in config.providers]
+    for i, pid in enumerate(ids):
+        if pid in ids[:i]:
+            problems.append(Problem(f"$.providers[{i}].id", f"duplicate provider id '{pid}'"))
+    for model_id, model in config.models.items():
+        path = f"$.models.{model_id}"
+        if not _MODEL_ID.match(model_id):
+            problems.append(Problem(path, f"model ids are owner/model, e.g. openai/{model_id}"))
+        if not model.targets:
+            problems.append(Problem(f"{path}.targets", "at least one target is required"))
+        for j, target in enumerate(model.targets):
+            pid = target if isinstance(target, str) else target.provider
+            if pid not in ids:
+                problems.append(Problem(f"{path}.targets[{j}]", f"no provider with id '{pid}'"))
+        for j, fallback in enumerate(model.fallbacks):
+            if fallback not in config.models:
+                problems.append(Problem(f"{path}.fallbacks[{j}]", f"no model '{fallback}' in models"))
+    for alias, target in config.aliases.items():
+        if config.models and target not in config.models:
+            problems.append(Problem(f"$.aliases.{alias}", f"no model '{target}' in models"))
+    names = [k.name for k in config.keys]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(Problem(f"$.keys[{i}].name", f"duplicate key name '{name}'"))
+    return problems
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError([Problem("$", f"cannot read the file: {exc.strerror}")], path) from None
+    return parse_config(text, env, source=path)
+
+
+class EnvConfig(msgspec.Struct, frozen=True):
+    """A config built from the environment, and what to tell the operator at start-up."""
+
+    config: Config
+    generated_key: str | None
+    upstream: Literal["openai", "local"]
+
+
+def key_hash(key: str) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> EnvConfig:
+    """No config file: one key from OPENGATEWAY_API_KEY (or a generated one), and ``openai/*``
+    served by OpenAI when OPENAI_API_KEY is set, otherwise by the embedded local provider."""
+    env = os.environ if env is None else env
+    generated = None
+    key = env.get("OPENGATEWAY_API_KEY")
+    if not key:
+        key = generated = "og-" + secrets.token_urlsafe(32)
+    if env.get("OPENAI_API_KEY"):
+        settings: dict[str, Any] = {"api_key": env["OPENAI_API_KEY"]}
+        if env.get("OPENAI_BASE_URL"):
+            settings["base_url"] = env["OPENAI_BASE_URL"]
+        for name, setting in (("OPENAI_ORG_ID", "organization"), ("OPENAI_PROJECT_ID", "project")):
+            if env.get(name):
+                settings[setting] = env[name]
+        provider = ProviderInstance(id="openai", plugin="openai", region="global", settings=settings)
+        upstream: Literal["openai", "local"] = "openai"
+    else:
+        provider = ProviderInstance(id="local", plugin="local", region="local")
+        upstream = "local"
+    models = {model_id: ModelConfig(targets=[provider.id]) for model_id in openai_image_models()}
+    config = Config(providers=[provider], models=models,
+                    keys=[KeyConfig(name="default", hash=key_hash(key))])
+    return EnvConfig(config, generated, upstream)

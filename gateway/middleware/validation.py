@@ -1,0 +1,39 @@
+"""Decodes the JSON body of routes that declare a body type, before the handler runs."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import InvalidRequest
+from gateway.keys import BODY, RECORD, UNKNOWN_FIELDS
+from gateway.middleware import Handler
+from gateway.validation import decode_request
+
+
+def expects_images_request(handler: Handler) -> Handler:
+    """Mark a route handler as taking an ``ImageGenerationRequest`` body."""
+    handler.takes_images_request = True  # type: ignore[attr-defined]
+    return handler
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+@web.middleware
+async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not getattr(request.match_info.handler, "takes_images_request", False):
+        return await handler(request)
+    # A missing Content-Type is tolerated; a different one is refused as OpenAI does.
+    if "Content-Type" in request.headers and not _is_json(request.content_type):
+        raise InvalidRequest(
+            f"Unsupported content type: '{request.headers['Content-Type']}'. This API method only "
+            "accepts 'application/json' requests.", code="unsupported_content_type")
+    body = await request.read()
+    request[RECORD].request_bytes = len(body)
+    if not body:
+        raise InvalidRequest("The request body is empty: send a JSON object.", code="invalid_json")
+    request[BODY], request[UNKNOWN_FIELDS] = decode_request(body)
+    request[RECORD].model_asked = request[BODY].model
+    return await handler(request)

@@ -1,0 +1,128 @@
+"""The model table: configured provider instances and the ``owner/model`` ids they serve.
+
+Built once per configuration (start-up and reload) from the config and the plugins'
+``models()``. Resolving a client's model id (aliases, bare names, unknown ids) happens here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from gateway.catalog import Capabilities, Price, openai_image_models
+from gateway.config import Config, ConfigError, Problem
+from gateway.errors import InvalidRequest, model_not_found
+from gateway.plugins import provider_class
+from gateway.provider import Provider
+
+
+class Target(msgspec.Struct, frozen=True):
+    """One deployment of a model: a provider instance that serves it."""
+
+    id: str  # "<provider instance id>:<model id>"
+    instance: str
+    plugin: str
+    region: str
+    model: str
+    provider: Provider
+    weight: float | None = None
+
+
+class ModelRoute(msgspec.Struct, frozen=True):
+    id: str
+    capabilities: Capabilities
+    targets: tuple[Target, ...]
+    fallbacks: tuple[str, ...] = ()
+    price: Price | None = None
+
+
+class Registry:
+    def __init__(self, config: Config, providers: dict[str, Provider], models: dict[str, ModelRoute]) -> None:
+        self.config = config
+        self.providers = providers
+        self.models = models
+        self.aliases = config.aliases
+
+    @classmethod
+    def build(cls, config: Config, session: aiohttp.ClientSession) -> "Registry":
+        """Instantiate every provider instance and the model table; ConfigError on any problem."""
+        problems: list[Problem] = []
+        providers: dict[str, Provider] = {}
+        regions: dict[str, tuple[str, str]] = {}
+        for i, inst in enumerate(config.providers):
+            path = f"$.providers[{i}]"
+            try:
+                plugin = provider_class(inst.plugin)
+            except LookupError as exc:
+                problems.append(Problem(f"{path}.plugin", str(exc)))
+                continue
+            try:
+                settings = msgspec.convert(inst.settings, plugin.Settings)
+            except msgspec.ValidationError as exc:
+                message, _, where = str(exc).partition(" - at `$")
+                problems.append(Problem(f"{path}.settings{where.rstrip('`')}", message))
+                continue
+            try:
+                providers[inst.id] = plugin(settings, session)
+            except Exception as exc:
+                problems.append(Problem(path, f"plugin '{inst.plugin}' refused its settings: {exc}"))
+                continue
+            regions[inst.id] = (inst.plugin, inst.region)
+        if problems:
+            raise ConfigError(problems)
+        declared = {iid: {m.id: m.capabilities for m in p.models()} for iid, p in providers.items()}
+        table = config.models or _default_table(declared)
+        catalog = openai_image_models()
+        models: dict[str, ModelRoute] = {}
+        for model_id, mc in table.items():
+            targets = []
+            caps = mc.capabilities
+            for raw in mc.targets:
+                iid, weight = (raw, None) if isinstance(raw, str) else (raw.provider, raw.weight)
+                if caps is None:
+                    caps = declared[iid].get(model_id)
+                plugin, region = regions[iid]
+                targets.append(Target(f"{iid}:{model_id}", iid, plugin, region, model_id, providers[iid], weight))
+            caps = caps or (catalog[model_id].capabilities if model_id in catalog else Capabilities())
+            if mc.extra_fields:
+                caps = msgspec.structs.replace(caps, extra_fields=tuple({*caps.extra_fields, *mc.extra_fields}))
+            price = mc.price or (catalog[model_id].price if model_id in catalog else None)
+            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price)
+        return cls(config, providers, models)
+
+    def resolve(self, model: str) -> ModelRoute:
+        """The route for a client's model id, or the error OpenAI-minded clients expect."""
+        route = self.models.get(model)
+        if route is not None:
+            return route
+        alias = self.aliases.get(model)
+        if alias is not None and alias in self.models:
+            return self.models[alias]
+        if "/" not in model:
+            suggestion = next((m for m in self.models if m.endswith("/" + model)), None)
+            if suggestion:
+                raise InvalidRequest(
+                    f"Invalid model id '{model}': model ids take the form owner/model. "
+                    f"Use '{suggestion}' instead.", param="model", code="invalid_value")
+        raise model_not_found(model)
+
+    def visible_models(self, allowed: list[str]) -> list[str]:
+        return [m for m in self.models if any(fnmatch.fnmatchcase(m, g) for g in allowed)]
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+
+
+def _default_table(declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Without a ``models:`` section each declared model goes to the first instance serving it."""
+    from gateway.config import ModelConfig
+
+    table: dict[str, ModelConfig] = {}
+    for iid, models in declared.items():
+        for model_id in models:
+            table.setdefault(model_id, ModelConfig(targets=[iid]))
+    return table

@@ -1,0 +1,259 @@
+"""Request validation faithful to OpenAI's error wording and codes.
+
+Valid bodies take the fast path: one msgspec decode into ``ImageGenerationRequest``. Only when
+that fails is the body decoded again, generically, and walked against the Struct's own type
+information (``msgspec.inspect``) to find the first problem and word it as OpenAI does. The
+rules therefore live in one place, the Struct definitions in ``gateway.api``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+
+from gateway.api import ImageGenerationRequest
+from gateway.catalog import Capabilities
+from gateway.errors import InvalidRequest
+from gateway.provider import ImageRequest
+
+_UNSET = msgspec.UNSET
+_JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+                    int: "an integer", float: "a number", type(None): "null"}
+
+_decoder = msgspec.json.Decoder(ImageGenerationRequest)
+
+
+def decode_request(body: bytes) -> tuple[ImageGenerationRequest, dict[str, Any]]:
+    """Decode a request body into the request and its unknown top-level fields, or raise the
+    InvalidRequest OpenAI would answer with. Unknown fields are judged later, against the
+    target model's ``extra_fields``."""
+    try:
+        return _decoder.decode(body), {}
+    except msgspec.ValidationError as exc:
+        return _slow_path(body, exc)
+    except msgspec.DecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
+            "payload, but what was sent was not valid JSON.",
+            code="invalid_json",
+        ) from None
+
+
+def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageGenerationRequest, dict[str, Any]]:
+    value = msgspec.json.decode(body)
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"Invalid type for request body: expected an object, but got {_json_type(value)} instead.",
+            code="invalid_type",
+        )
+    info = _struct_info(ImageGenerationRequest)
+    known = {f.encode_name for f in info.fields}
+    unknown = {k: value.pop(k) for k in list(value) if k not in known}
+    problem = _check_object(value, info, "")
+    if problem is not None:
+        raise problem
+    try:
+        return msgspec.convert(value, ImageGenerationRequest), unknown
+    except msgspec.ValidationError:
+        # The walker mirrors msgspec's rules; should they ever disagree, msgspec's message stands.
+        raise InvalidRequest(str(exc), code="invalid_value") from None
+
+
+def reject_unknown(unknown: dict[str, Any], caps: Capabilities) -> dict[str, Any]:
+    """The unknown fields the model allows (forwarded as is), or the first one it does not."""
+    for key in unknown:
+        if key not in caps.extra_fields:
+            raise InvalidRequest(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
+    return unknown
+
+
+@functools.cache
+def _struct_info(cls: type) -> mi.StructType:
+    return mi.type_info(cls)  # type: ignore[return-value]
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), "a value")
+
+
+def _check_object(value: dict, info: mi.StructType, prefix: str) -> InvalidRequest | None:
+    names = {f.encode_name: f for f in info.fields}
+    for key in value:
+        if key not in names:
+            param = f"{prefix}{key}"
+            return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+    for field in info.fields:
+        param = f"{prefix}{field.encode_name}"
+        if field.encode_name not in value:
+            if field.required:
+                return InvalidRequest(
+                    f"Missing required parameter: '{param}'.", param=param,
+                    code="missing_required_parameter",
+                )
+            continue
+        problem = _check_value(value[field.encode_name], field.type, param)
+        if problem:
+            return problem
+    return None
+
+
+def _check_value(value: Any, t: mi.Type, param: str) -> InvalidRequest | None:
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    options = t.types if isinstance(t, mi.UnionType) else (t,)
+    if value is None and any(isinstance(o, mi.NoneType) for o in options):
+        return None
+    expected = next(o for o in options if not isinstance(o, mi.NoneType))
+    while isinstance(expected, mi.Metadata):
+        expected = expected.type
+    if isinstance(expected, mi.IntType):
+        if type(value) is not int:
+            return _wrong_type(param, "an integer", value)
+        if expected.ge is not None and value < expected.ge:
+            return InvalidRequest(
+                f"Invalid '{param}': integer below minimum value. Expected a value >= {expected.ge}, "
+                f"but got {value} instead.", param=param, code="integer_below_min_value")
+        if expected.le is not None and value > expected.le:
+            return InvalidRequest(
+                f"Invalid '{param}': integer above maximum value. Expected a value <= {expected.le}, "
+                f"but got {value} instead.", param=param, code="integer_above_max_value")
+    elif isinstance(expected, mi.FloatType):
+        if type(value) not in (int, float):
+            return _wrong_type(param, "a number", value)
+        if (expected.gt is not None and value <= expected.gt) or (expected.le is not None and value > expected.le):
+            low = f"> {expected.gt}" if expected.gt is not None else ""
+            return InvalidRequest(
+                f"Invalid '{param}': number out of range. Expected a value {low} and <= {expected.le}, "
+                f"but got {value} instead.", param=param, code="invalid_value")
+    elif isinstance(expected, mi.StrType):
+        if not isinstance(value, str):
+            return _wrong_type(param, "a string", value)
+        if expected.max_length is not None and len(value) > expected.max_length:
+            return InvalidRequest(
+                f"Invalid '{param}': string too long. Expected a string with maximum length "
+                f"{expected.max_length}, but got a string with length {len(value)} instead.",
+                param=param, code="string_above_max_length")
+        if expected.min_length and len(value) < expected.min_length:
+            return InvalidRequest(
+                f"Invalid '{param}': empty string. Expected a string with minimum length "
+                f"{expected.min_length}, but got an empty string instead.", param=param, code="empty_string")
+    elif isinstance(expected, mi.BoolType):
+        if not isinstance(value, bool):
+            return _wrong_type(param, "a boolean", value)
+    elif isinstance(expected, mi.ListType):
+        if not isinstance(value, list):
+            return _wrong_type(param, "an array", value)
+        for i, item in enumerate(value):
+            problem = _check_value(item, expected.item_type, f"{param}[{i}]")
+            if problem:
+                return problem
+    elif isinstance(expected, mi.StructType):
+        if not isinstance(value, dict):
+            return _wrong_type(param, "an object", value)
+        return _check_object(value, expected, f"{param}.")
+    return None
+
+
+def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param, code="invalid_type")
+
+
+def _supported(param: str, value: object, allowed: tuple[str, ...]) -> InvalidRequest:
+    quoted = [f"'{a}'" for a in allowed]
+    listing = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+    return InvalidRequest(f"Invalid value: '{value}'. Supported values are: {listing}.",
+                          param=param, code="invalid_value")
+
+
+def reject_unsupported(req: ImageGenerationRequest) -> None:
+    """Fields the product page documents but the gateway does not serve (yet)."""
+    if req.stream:
+        raise InvalidRequest(
+            "Streaming is not supported yet: OpenGateway serves non-stream image generation only. "
+            "Omit 'stream' or set it to false.", param="stream", code="unsupported_value")
+    if req.partial_images not in (_UNSET, None):
+        raise InvalidRequest(
+            "Unsupported parameter: 'partial_images' is a streaming-only parameter, and streaming "
+            "is not supported yet.", param="partial_images", code="unsupported_parameter")
+    if req.style not in (_UNSET, None):
+        raise InvalidRequest(
+            "Unsupported parameter: 'style' is only supported for dall-e-3, which OpenGateway "
+            "does not serve.", param="style", code="unsupported_parameter")
+    if req.response_format not in (_UNSET, None, "b64_json"):
+        if req.response_format == "url":
+            raise InvalidRequest(
+                "Invalid value: 'url'. GPT Image models always return base64-encoded images "
+                "(b64_json); URL responses exist only for dall-e-2 and dall-e-3.",
+                param="response_format", code="unsupported_value")
+        raise _supported("response_format", req.response_format, ("b64_json",))
+
+
+def _given(value: Any) -> bool:
+    return value is not _UNSET and value is not None
+
+
+def check_capabilities(req: ImageGenerationRequest, caps: Capabilities) -> None:
+    """Check the model-dependent fields against the target model's capabilities."""
+    if _given(req.n) and req.n > caps.max_n:  # type: ignore[operator]
+        raise InvalidRequest(
+            f"Invalid 'n': integer above maximum value. Expected a value <= {caps.max_n}, "
+            f"but got {req.n} instead.", param="n", code="integer_above_max_value")
+    if _given(req.size) and req.size not in caps.sizes:
+        problem = _flexible_size_problem(req.size, caps)  # type: ignore[arg-type]
+        if problem is not None:
+            raise problem
+    for param, allowed in (("quality", caps.qualities), ("background", ("auto", "transparent", "opaque")),
+                           ("output_format", caps.output_formats), ("moderation", caps.moderation)):
+        value = getattr(req, param)
+        if _given(value) and value not in allowed:
+            raise _supported(param, value, allowed)
+    fmt = req.output_format if _given(req.output_format) else "png"
+    if req.background == "transparent" and fmt not in caps.transparent_formats:
+        if not caps.transparent_formats:
+            raise InvalidRequest("Transparent backgrounds are not supported by this model.",
+                                 param="background", code="invalid_value")
+        raise InvalidRequest(
+            f"Transparent background requires output_format {_or(caps.transparent_formats)}, "
+            f"but got '{fmt}'.", param="background", code="invalid_value")
+    if _given(req.output_compression) and fmt not in caps.compression_formats:
+        raise InvalidRequest(
+            f"Invalid value for 'output_compression': compression applies only to "
+            f"{_or(caps.compression_formats)} output, but output_format is '{fmt}'.",
+            param="output_compression", code="invalid_value")
+
+
+def _or(values: tuple[str, ...]) -> str:
+    return " or ".join(f"'{v}'" for v in values)
+
+
+def _flexible_size_problem(size: str, caps: Capabilities) -> InvalidRequest | None:
+    rule = caps.flexible_sizes
+    if rule is None:
+        return _supported("size", size, caps.sizes)
+    width, sep, height = size.partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and width[0] != "0" and height[0] != "0"):
+        return InvalidRequest(
+            f"Invalid value: '{size}'. Supported values are 'auto' or WIDTHxHEIGHT, e.g. '1024x1024'.",
+            param="size", code="invalid_value")
+    why = rule.explain(int(width), int(height))
+    if why:
+        return InvalidRequest(f"Invalid value: '{size}'. For this model {why}.",
+                              param="size", code="invalid_value")
+    return None
+
+
+def to_image_request(req: ImageGenerationRequest, model: str, extra_fields: dict[str, Any]) -> ImageRequest:
+    """The plugin-facing request: null fields become unset, gateway-only fields are dropped."""
+    def v(x: Any) -> Any:
+        return _UNSET if x is None else x
+    return ImageRequest(
+        model=model, prompt=req.prompt, n=v(req.n), size=v(req.size), quality=v(req.quality),
+        background=v(req.background), output_format=v(req.output_format),
+        output_compression=v(req.output_compression), moderation=v(req.moderation),
+        user=v(req.user), extra_fields=extra_fields,
+    )

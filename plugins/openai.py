@@ -1,0 +1,69 @@
+"""The ``openai`` provider: OpenAI's Images API (or any server that speaks it) over HTTP.
+
+Sends the request with the bare model name (``openai/gpt-image-2`` -> ``gpt-image-2``) through
+the gateway's shared, pooled ClientSession, and turns every non-2xx answer into a
+ProviderError in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import aiohttp
+import msgspec
+
+from gateway.catalog import openai_image_models
+from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
+                              error_from_openai, read_body)
+
+_PASS_THROUGH = ("openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                 "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                 "x-ratelimit-reset-tokens")
+
+
+class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    api_key: str
+    base_url: str = "https://api.openai.com/v1"
+    organization: str | None = None
+    project: str | None = None
+    #: Model ids served; default: every GPT Image model in the bundled catalogue.
+    models: list[str] | None = None
+
+
+class OpenAIProvider(Provider):
+    Settings = OpenAISettings
+
+    def __init__(self, settings: OpenAISettings, session: aiohttp.ClientSession) -> None:
+        super().__init__(settings, session)
+        if not settings.api_key:
+            raise ValueError("api_key is empty")
+        self.url = settings.base_url.rstrip("/") + "/images/generations"
+        self.headers = {"Authorization": f"Bearer {settings.api_key}", "Content-Type": "application/json"}
+        if settings.organization:
+            self.headers["OpenAI-Organization"] = settings.organization
+        if settings.project:
+            self.headers["OpenAI-Project"] = settings.project
+
+    def models(self) -> Sequence[Model]:
+        catalog = openai_image_models()
+        ids = self.settings.models if self.settings.models is not None else list(catalog)
+        return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
+
+    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
+        body = request.openai_body(request.model.partition("/")[2])
+        try:
+            async with self.session.post(self.url, data=body, headers=self.headers,
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                raw = await read_body(resp)
+                status, headers = resp.status, resp.headers
+        except asyncio.TimeoutError:
+            raise ProviderError(f"OpenAI did not answer within {timeout_s:.3g} s.", code="timeout",
+                                timeout=True, retryable=True) from None
+        except aiohttp.ClientError as exc:
+            raise ProviderError(f"Could not reach OpenAI: {type(exc).__name__}.", code="connection_error",
+                                retryable=True) from None
+        if not 200 <= status < 300:
+            raise error_from_openai(status, raw, headers)
+        return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"),
+                           headers={k: v for k in _PASS_THROUGH if (v := headers.get(k)) is not None})
