@@ -1,0 +1,120 @@
+"""A fake OpenAI images upstream: a real aiohttp server on loopback, scripted per model.
+
+Tests queue behaviours per upstream model name (``gpt-image-1``); each request takes the next
+queued behaviour, and an empty queue answers a valid images response. Every request received
+is recorded (path, headers, JSON body) so tests can assert what the gateway sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+# A real 1x1 PNG, so clients that decode the payload get an image.
+PNG_1X1 = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2a5f6"
+    "b60000000049454e44ae426082")).decode()
+
+Behaviour = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+def images_body(body: dict[str, Any], b64: str = PNG_1X1) -> dict[str, Any]:
+    n = body.get("n", 1)
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": b64} for _ in range(n)],
+        "background": body.get("background", "opaque"),
+        "output_format": body.get("output_format", "png"),
+        "quality": body.get("quality", "medium"),
+        "size": body.get("size", "1024x1024"),
+        "usage": {"input_tokens": 20, "input_tokens_details": {"text_tokens": 20, "image_tokens": 0},
+                  "output_tokens": 1056 * n, "output_tokens_details": {"image_tokens": 1056 * n, "text_tokens": 0},
+                  "total_tokens": 20 + 1056 * n},
+    }
+
+
+def ok(b64: str = PNG_1X1, headers: dict[str, str] | None = None) -> Behaviour:
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(body=msgspec.json.encode(images_body(body, b64)), content_type="application/json",
+                            headers={"x-request-id": "req_upstream_1", **(headers or {})})
+    return reply
+
+
+def error(status: int, code: str | None = None, message: str = "Upstream error", type: str | None = None,
+          param: str | None = None, headers: dict[str, str] | None = None) -> Behaviour:
+    err_type = type or ("server_error" if status >= 500 else "invalid_request_error")
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        payload = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+        return web.json_response(payload, status=status, headers=headers)
+    return reply
+
+
+def raw(status: int, data: bytes, content_type: str = "application/json") -> Behaviour:
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(status=status, body=data, content_type=content_type)
+    return reply
+
+
+def hang(seconds: float = 3600) -> Behaviour:
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return await ok()(request, body)
+    return reply
+
+
+def reset() -> Behaviour:
+    """Close the connection without answering."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError
+    return reply
+
+
+@dataclass
+class Received:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeUpstream:
+    scripts: dict[str, list[Behaviour]] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    in_progress: int = 0
+    cancelled: int = 0
+
+    def script(self, model: str, *behaviours: Behaviour) -> None:
+        """Queue behaviours for requests naming ``model`` (the upstream's bare model name)."""
+        self.scripts.setdefault(model, []).extend(behaviours)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/images/generations", self.handle)
+        app.router.add_post("/openai/deployments/{deployment}/images/generations", self.handle)
+        app.router.add_post("/openai/v1/images/generations", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.received.append(Received(request.path, dict(request.query), dict(request.headers), body))
+        key = request.match_info.get("deployment") or body.get("model", "")
+        queue = self.scripts.get(key)
+        behaviour = queue.pop(0) if queue else ok()
+        self.in_progress += 1
+        try:
+            return await behaviour(request, body)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_progress -= 1
