@@ -1,0 +1,235 @@
+"""The embedded offline provider (plugin ``local``): real images, no network, no key.
+
+The gateway serves ``openai/*`` with it when no provider key is configured, so the seed's curl
+works offline. Each picture is drawn from a hash of the prompt (a gradient, a few shapes and the
+prompt's text), so the same request always gets the same bytes; the body is OpenAI's images
+response with gpt-image-1-style ``usage``, so metrics, cost and the usage log see real numbers.
+
+Demo and testing aid for retries, breakers and fallbacks: a prompt that contains the marker
+``[local:fail-<status>]`` (e.g. ``[local:fail-503]``) fails with that HTTP status (400..599) and
+OpenAI's error shape: 429 → type ``requests``, code ``rate_limit_exceeded``; 5xx →
+``server_error``; 400 → type ``image_generation_user_error``, code ``moderation_blocked``.
+``latency_s`` emulates a slow upstream; a call that would outlast ``timeout_s`` fails as a
+timeout (``ProviderError(timeout=True)``) once ``timeout_s`` has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import functools
+import hashlib
+import io
+import math
+import re
+import textwrap
+import time
+import uuid
+from typing import Annotated, Any, Iterable, Sequence
+
+import msgspec
+from PIL import Image, ImageDraw, ImageFont
+
+from gateway.catalog import openai_image_models
+from gateway.provider import Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError
+
+__all__ = ["FAILURES", "IMAGE_TOKENS", "LocalProvider"]
+
+#: gpt-image-1 output tokens per image by quality and size (OpenAI's widely repeated table).
+#: Other sizes scale the 1024x1024 figure by pixel count.
+IMAGE_TOKENS: dict[str, dict[str, int]] = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+
+#: What ``[local:fail-<status>]`` answers: status → (type, code, message), in OpenAI's words.
+#: Any other 5xx answers like 500; any other 4xx is an ``invalid_request_error``.
+FAILURES: dict[int, tuple[str, str | None, str]] = {
+    400: ("image_generation_user_error", "moderation_blocked", "Rejected by the safety system"),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests"),
+    500: ("server_error", None, "The server had an error while processing your request"),
+}
+
+_FAIL_MARKER = re.compile(r"\[local:fail-(\d{3})\]")
+_SIZE = re.compile(r"([1-9]\d{0,4})x([1-9]\d{0,4})")
+_MAX_PIXELS = 8_294_400  # gpt-image-2's ceiling; also bounds the CPU one request can cost
+_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    # Speed over size: a demo image need not be small, and level 1 saves ~30% of the render.
+    "png": ("PNG", {"compress_level": 1}),
+    "jpeg": ("JPEG", {}),
+    "webp": ("WEBP", {"method": 0}),  # libwebp's fastest method
+}
+
+
+class LocalProvider(Provider):
+    """Draws images in-process; used when no upstream is configured, and in demos and tests."""
+
+    class Settings(msgspec.Struct, forbid_unknown_fields=True):
+        #: Ids to serve; None serves every GPT Image model in the catalog.
+        models: list[str] | None = None
+        #: Artificial delay per request, to demo timeouts and latency metrics.
+        latency_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    def models(self) -> Sequence[Model]:
+        catalog = openai_image_models()
+        ids = list(catalog) if self.settings.models is None else self.settings.models
+        return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
+
+    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
+        width, height = _parse_size(request.size)
+        fmt = _choice(request.output_format, "png", _FORMATS, "output_format")
+        quality = _choice(request.quality, "auto", ("auto", *IMAGE_TOKENS), "quality")
+        quality = "medium" if quality == "auto" else quality
+        background = _choice(request.background, "auto", ("auto", "opaque", "transparent"), "background")
+        transparent = background == "transparent" and fmt != "jpeg"  # JPEG has no alpha channel
+        n = 1 if request.n is msgspec.UNSET else request.n
+        if not 1 <= n <= 10:
+            raise _invalid("n", f"Invalid 'n': expected a value between 1 and 10, but got {n} instead.")
+        # OpenAI's output_compression defaults to 100 (best) and maps onto Pillow's quality as is.
+        compression = 100 if request.output_compression is msgspec.UNSET else request.output_compression
+        compression = min(max(compression, 0), 100)
+        prompt = request.prompt
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self.settings.latency_s:
+                    await asyncio.sleep(self.settings.latency_s)
+                _raise_simulated_failure(prompt)
+                # One thread per image: Pillow releases the GIL while drawing and encoding.
+                renders = (
+                    asyncio.to_thread(_render, prompt, width, height, fmt, transparent, compression, index)
+                    for index in range(n)
+                )
+                images = await asyncio.gather(*renders)
+        except TimeoutError:
+            message = f"The local provider did not answer within {timeout_s:g} s."
+            raise ProviderError(message, status=None, timeout=True) from None
+
+        input_tokens = max(1, math.ceil(len(prompt) / 4))  # ~4 characters a token, OpenAI's rule of thumb
+        output_tokens = n * _image_tokens(quality, width, height)
+        body = {
+            "created": int(time.time()),
+            "data": [{"b64_json": image} for image in images],  # msgspec writes bytes as base64, no copy
+            "background": "transparent" if transparent else "opaque",
+            "output_format": fmt,
+            "quality": quality,
+            "size": f"{width}x{height}",
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
+                "total_tokens": input_tokens + output_tokens,
+            },
+        }
+        return ImageResult(body=msgspec.json.encode(body), upstream_request_id=f"local-{uuid.uuid4().hex}")
+
+
+def _image_tokens(quality: str, width: int, height: int) -> int:
+    table = IMAGE_TOKENS[quality]
+    return table.get(f"{width}x{height}") or round(table["1024x1024"] * width * height / 1_048_576)
+
+
+def _invalid(param: str, message: str) -> ProviderError:
+    # The gateway validates first; this only guards against a caller that did not.
+    return ProviderError(message, status=400, type="invalid_request_error", code="invalid_value", param=param)
+
+
+def _choice(value: str | msgspec.UnsetType, default: str, allowed: Iterable[str], param: str) -> str:
+    choice = default if value is msgspec.UNSET else value
+    if choice not in allowed:
+        supported = ", ".join(f"'{a}'" for a in allowed)
+        raise _invalid(param, f"Invalid value: '{choice}'. Supported values are: {supported}.")
+    return choice
+
+
+def _parse_size(size: str | msgspec.UnsetType) -> tuple[int, int]:
+    if size is msgspec.UNSET or size == "auto":
+        return 1024, 1024
+    match = _SIZE.fullmatch(size)
+    if match and int(match[1]) * int(match[2]) <= _MAX_PIXELS:
+        return int(match[1]), int(match[2])
+    raise _invalid("size", f"Invalid value: '{size}'. Expected 'auto' or WxH up to {_MAX_PIXELS:,} pixels.")
+
+
+def _raise_simulated_failure(prompt: str) -> None:
+    match = _FAIL_MARKER.search(prompt)
+    if match is None or not 400 <= (status := int(match[1])) <= 599:
+        return
+    default = FAILURES[500] if status >= 500 else ("invalid_request_error", None, f"HTTP {status}")
+    type_, code, message = FAILURES.get(status, default)
+    raise ProviderError(f"{message} (simulated by {match[0]}).", status=status, type=type_, code=code)
+
+
+def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+# Bounded (a 1024x1024 image is 30-150 KB): a repeated demo prompt is served from memory.
+@functools.lru_cache(maxsize=32)
+def _render(
+    prompt: str, width: int, height: int, fmt: str, transparent: bool, compression: int, index: int
+) -> bytes:
+    seed = hashlib.blake2b(prompt.encode(), digest_size=32).digest()
+    # The index only nudges the shapes, so the n images of one request look like siblings.
+    nudge = hashlib.blake2b(index.to_bytes(2, "big"), key=seed, digest_size=16).digest()
+    hue, unit = seed[0] / 256, min(width, height)
+
+    # A 2x2 image upscaled bilinearly is a four-corner gradient in a few ms, with no pixel loop;
+    # the box maps the source pixel centres onto the output's corners.
+    corners = Image.new("RGB", (2, 2))
+    corners.putdata([_rgb(hue + 0.08 * k, 0.25 + seed[1 + k] / 850, 0.97) for k in range(4)])
+    canvas = corners.resize((width, height), Image.Resampling.BILINEAR, box=(0.5, 0.5, 1.5, 1.5))
+    draw = ImageDraw.Draw(canvas, "RGBA")  # "RGBA" on an RGB image blends translucent fills
+    # With a transparent background, everything drawn is drawn again into the alpha mask.
+    mask = Image.new("L", (width, height), 0) if transparent else None
+    targets = [(draw, None)] + ([(ImageDraw.Draw(mask), 255)] if mask is not None else [])
+
+    for k in range(4):
+        x, y, r, tint = seed[8 + 4 * k : 12 + 4 * k]
+        cx = width * (0.15 + 0.7 * x / 255) + unit * (nudge[2 * k] - 128) / 2560
+        cy = height * (0.12 + 0.5 * y / 255) + unit * (nudge[2 * k + 1] - 128) / 2560
+        radius = unit * (0.08 + 0.14 * r / 255)
+        colour = (*_rgb(hue + 0.4 + 0.1 * k, 0.55 + tint / 1000, 0.85), 210)
+        # Circles, triangles and squares. Single-fill primitives only: rounded_rectangle draws
+        # overlapping pieces, which show as seams under a translucent fill.
+        sides = (0, 3, 4)[(seed[7] + k) % 3]
+        for target, fill in targets:
+            if sides:
+                target.regular_polygon((cx, cy, radius), sides, rotation=x, fill=fill or colour)
+            else:
+                target.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill or colour)
+
+    # The prompt, wrapped on a light panel at the bottom, so each image says what it was asked.
+    font_size = max(10, unit // 28)
+    font = ImageFont.load_default(size=font_size)
+    margin, pad, line_height = round(unit * 0.05), round(unit * 0.025), round(font_size * 1.3)
+    text = " ".join(prompt.split())[:600]  # collapses newlines; bounds the work for 32k prompts
+    avail = width - 2 * (margin + pad)
+    max_lines = min(4, height // 2 // line_height)  # the panel never covers more than half
+    if text and max_lines and avail > 4 * font_size:
+        char_width = font.getlength(text[:100]) / len(text[:100])
+        columns = max(1, int(avail / char_width))
+        lines = textwrap.wrap(text, columns, max_lines=max_lines, placeholder=" ...")
+        top = height - margin - 2 * pad - len(lines) * line_height
+        box = (margin, top, width - margin, height - margin)
+        # Pasted through its own small mask: seamless, unlike a translucent rounded_rectangle.
+        panel = Image.new("L", (box[2] - box[0], box[3] - box[1]), 0)
+        ImageDraw.Draw(panel).rounded_rectangle((0, 0, *panel.size), radius=pad, fill=190)
+        canvas.paste((255, 255, 255), box, panel)
+        if mask is not None:
+            mask.paste(255, box, panel)
+        for target, fill in targets:
+            for i, line in enumerate(lines):
+                xy = (margin + pad, top + pad + i * line_height)
+                target.text(xy, line, font=font, fill=fill or _rgb(hue, 0.6, 0.25))
+    if mask is not None:
+        canvas.putalpha(mask)
+
+    pil_format, options = _FORMATS[fmt]
+    if fmt != "png":
+        options = {**options, "quality": compression}
+    out = io.BytesIO()
+    canvas.save(out, pil_format, **options)
+    return out.getvalue()
