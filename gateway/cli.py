@@ -10,7 +10,7 @@ import os
 import sys
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, config_from_env, load_config
+from gateway.config import Config, ConfigError, config_from_env, load_config, with_lines
 
 log = logging.getLogger("opengateway")
 
@@ -84,7 +84,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 await Registry.build(config, session).close()
         asyncio.run(build())
     except ConfigError as exc:
-        for problem in exc.problems:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                problems = with_lines(exc.problems, f.read())
+        except OSError:
+            problems = exc.problems
+        for problem in problems:
             print(f"{args.file}:{problem}", file=sys.stderr)
         print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 1

@@ -35,6 +35,19 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     drain_timeout_s: PositiveSeconds = 30.0
     #: Connections kept per upstream host; image calls are long, so this bounds concurrency.
     upstream_pool_size: Annotated[int, Meta(ge=1)] = 10_000
+    #: Processes sharing the port (``opengateway serve --workers`` overrides); 1 runs in-process.
+    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    #: How long a client may take to send its request body (slow-body clients hold a connection).
+    body_read_timeout_s: PositiveSeconds = 30.0
+    #: HTTP request-line and header limits (aiohttp answers 400 past them).
+    max_line_bytes: Annotated[int, Meta(ge=256)] = 8190
+    max_header_bytes: Annotated[int, Meta(ge=256)] = 8190
+    max_headers: Annotated[int, Meta(ge=8)] = 64
+    #: CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: the peer address is the client).
+    trusted_proxies: list[str] = []
+    #: When set, /metrics and /dashboard are served only on this port (bound to admin_host), 404 elsewhere.
+    admin_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    admin_host: str = "127.0.0.1"
 
 
 class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -76,12 +89,36 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     price: Price | None = None
 
 
+class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Circuit breaker per target (README section ``routing``)."""
+
+    enabled: bool = True
+    #: Consecutive failed attempts that open the circuit.
+    consecutive_failures: Annotated[int, Meta(ge=1)] = 5
+    #: Also open when this share of the last ``window_requests`` attempts failed (null: off).
+    failure_ratio: Annotated[float, Meta(gt=0, le=1)] | None = 0.5
+    window_requests: Annotated[int, Meta(ge=2, le=10_000)] = 20
+    #: First open period; each further trip multiplies it, up to ``max_cooldown_s``.
+    cooldown_s: PositiveSeconds = 5.0
+    cooldown_multiplier: Annotated[float, Meta(ge=1)] = 2.0
+    max_cooldown_s: PositiveSeconds = 300.0
+
+
 class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     attempt_timeout_s: PositiveSeconds = 120.0
     deadline_s: PositiveSeconds = 300.0
     max_fallbacks: Annotated[int, Meta(ge=0)] = 5
-    retry_statuses: list[int] = msgspec.field(default_factory=lambda: [408, 429, 500, 502, 503, 504])
+    retry_statuses: list[Annotated[int, Meta(ge=400, le=599)]] = msgspec.field(
+        default_factory=lambda: [408, 429, 500, 502, 503, 504])
     fallback_on_moderation: bool = False
+    #: Attempts on one target (the first plus retries) before moving to the next.
+    max_attempts_per_target: Annotated[int, Meta(ge=1, le=10)] = 2
+    #: Full-jitter backoff between attempts on one target: uniform(0, min(cap, base * 2**retry)).
+    backoff_base_s: PositiveSeconds = 0.5
+    backoff_cap_s: PositiveSeconds = 8.0
+    #: The longest upstream retry-after waited for; a longer one moves to the next target at once.
+    max_retry_after_s: Annotated[float, Meta(ge=0)] = 30.0
+    breaker: BreakerConfig = BreakerConfig()
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -143,12 +180,24 @@ def _expand(value: Any, env: Mapping[str, str], path: str, problems: list[Proble
     return value
 
 
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`$")
+
+
+def validation_problem(exc: msgspec.ValidationError, path: str) -> Problem:
+    """A msgspec error as a Problem at the full path of the offending value."""
+    message, _, where = str(exc).partition(" - at `$")
+    path += where.rstrip("`")
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown:
+        path, message = f"{path}.{unknown.group(1)}", "unknown field"
+    return Problem(path, message)
+
+
 def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `$")
-        problems.append(Problem(path + where.rstrip("`"), message))
+        problems.append(validation_problem(exc, path))
         return None
 
 
@@ -198,6 +247,18 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
 _SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config)}
 
 
+def with_lines(problems: list[Problem], text: str) -> list[Problem]:
+    """Give problems found after parsing (plugin settings, say) the lines of their paths."""
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return problems
+    if node is not None:
+        _lines(node, "$", lines)
+    return [p if p.line else _locate(p, lines) for p in problems]
+
+
 def _locate(problem: Problem, lines: dict[str, int]) -> Problem:
     path = problem.path
     while path and path not in lines:
@@ -228,10 +289,26 @@ def check_references(config: Config) -> list[Problem]:
     for alias, target in config.aliases.items():
         if config.models and target not in config.models:
             problems.append(Problem(f"$.aliases.{alias}", f"no model '{target}' in models"))
+    problems.extend(_check_server(config.server))
     names = [k.name for k in config.keys]
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append(Problem(f"$.keys[{i}].name", f"duplicate key name '{name}'"))
+    return problems
+
+
+def _check_server(server: ServerConfig) -> list[Problem]:
+    import ipaddress
+
+    problems: list[Problem] = []
+    for i, cidr in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(Problem(f"$.server.trusted_proxies[{i}]",
+                                    f"'{cidr}' is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+    if server.admin_port is not None and server.admin_port != 0 and server.admin_port == server.port:
+        problems.append(Problem("$.server.admin_port", "must differ from server.port"))
     return problems
 
 

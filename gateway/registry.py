@@ -13,7 +13,7 @@ import aiohttp
 import msgspec
 
 from gateway.catalog import Capabilities, Price, openai_image_models
-from gateway.config import Config, ConfigError, Problem
+from gateway.config import Config, ConfigError, Problem, validation_problem
 from gateway.errors import InvalidRequest, model_not_found
 from gateway.plugins import provider_class
 from gateway.provider import Provider
@@ -62,8 +62,7 @@ class Registry:
             try:
                 settings = msgspec.convert(inst.settings, plugin.Settings)
             except msgspec.ValidationError as exc:
-                message, _, where = str(exc).partition(" - at `$")
-                problems.append(Problem(f"{path}.settings{where.rstrip('`')}", message))
+                problems.append(validation_problem(exc, f"{path}.settings"))
                 continue
             try:
                 providers[inst.id] = plugin(settings, session)
