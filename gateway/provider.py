@@ -15,8 +15,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 import aiohttp
 import msgspec
 
-from gateway.catalog import Capabilities, Model, SizeRule
+from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
 
+# The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
+# keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
 __all__ = [
     "API_VERSION",
     "Capabilities",
@@ -27,6 +29,7 @@ __all__ = [
     "ProviderError",
     "SizeRule",
     "error_from_openai",
+    "openai_image_models",
     "read_body",
     "retry_after_s",
 ]
@@ -120,7 +123,8 @@ class ProviderError(Exception):
 class Provider(abc.ABC):
     """Base class of every provider plugin (built-in or third party)."""
 
-    #: The contract version the plugin was written against.
+    #: The contract version the plugin was written against. Third-party plugins declare it as a
+    #: literal (``api_version = 1``): an inherited value would always match, defeating the check.
     api_version: ClassVar[int] = API_VERSION
     #: msgspec Struct describing one configured instance's ``settings:`` block.
     Settings: ClassVar[type[msgspec.Struct]]

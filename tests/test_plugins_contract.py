@@ -1,0 +1,80 @@
+"""The public plugin API: what ``gateway.provider`` exports, and the built-ins honouring it."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import aiohttp
+import msgspec
+import pytest
+
+import gateway.provider as contract
+from gateway.plugins import discover
+
+# Names plugins import today; removing or renaming one breaks third-party plugins.
+STABLE = {"API_VERSION", "Capabilities", "ImageRequest", "ImageResult", "Model", "Provider", "ProviderError",
+          "SizeRule", "error_from_openai", "openai_image_models", "read_body", "retry_after_s"}
+
+
+def test_all_is_accurate() -> None:
+    assert STABLE <= set(contract.__all__)
+    for name in contract.__all__:
+        assert hasattr(contract, name), name
+    defined_here = {name for name, obj in vars(contract).items()
+                    if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
+                    and obj.__module__ == contract.__name__}
+    assert defined_here <= set(contract.__all__), "a public class or function of the contract is not exported"
+
+
+@pytest.mark.parametrize("name", ["openai", "azure_openai", "local"])
+def test_builtin_plugins_come_through_the_entry_points(name: str) -> None:
+    info = discover()[name]
+    assert info.ok and info.distribution == "opengateway" and info.api_version == contract.API_VERSION
+    assert info.cls is not None and issubclass(info.cls.Settings, msgspec.Struct)
+
+
+def test_a_provider_must_implement_generate_and_models() -> None:
+    class Incomplete(contract.Provider):
+        class Settings(msgspec.Struct):
+            pass
+
+        def models(self) -> Sequence[contract.Model]:
+            return []
+
+    with pytest.raises(TypeError, match="generate"):
+        Incomplete(Incomplete.Settings(), None)  # type: ignore[abstract, arg-type]
+
+
+async def test_a_minimal_provider_in_a_few_lines() -> None:
+    class Minimal(contract.Provider):
+        api_version = contract.API_VERSION
+
+        class Settings(msgspec.Struct):
+            greeting: str = "hi"
+
+        def models(self) -> Sequence[contract.Model]:
+            return [contract.Model("acme/m", contract.Capabilities(sizes=("auto",), max_n=1))]
+
+        async def generate(self, request: contract.ImageRequest, timeout_s: float) -> contract.ImageResult:
+            if request.n is not msgspec.UNSET and request.n > 1:
+                raise contract.ProviderError("one at a time", status=400, code="invalid_value", param="n")
+            return contract.ImageResult(body=request.openai_body(self.settings.greeting))
+
+    async with aiohttp.ClientSession() as session:
+        provider = Minimal(Minimal.Settings(), session)
+        result = await provider.generate(contract.ImageRequest(model="acme/m", prompt="p", extra_fields={"x": 1}), 1)
+        assert msgspec.json.decode(result.body) == {"model": "hi", "prompt": "p", "x": 1}
+        with pytest.raises(contract.ProviderError) as caught:
+            await provider.generate(contract.ImageRequest(model="acme/m", prompt="p", n=2), 1)
+        assert (caught.value.status, caught.value.param, caught.value.retryable) == (400, "n", None)
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+    ({"retry-after": "9"}, 9.0),
+    ({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, None),
+    ({}, None),
+])
+def test_retry_after_s(headers: dict[str, str], expected: Any) -> None:
+    assert contract.retry_after_s(headers) == expected
