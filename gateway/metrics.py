@@ -1,25 +1,279 @@
-"""Every Prometheus metric the gateway exports, defined in one place.
+"""Every Prometheus metric the gateway exports, defined in one place (listed in the README).
 
-Labels are bounded: routes are route templates, models are configured ids (or "unknown"),
-never user ids, session ids, prompts or raw paths.
+Label names follow the OpenTelemetry semantic conventions where one fits (``http_route``,
+``http_response_status_code``, ``gen_ai_request_model``, ``gen_ai_response_model``,
+``gen_ai_provider_name``, ``gen_ai_token_type``, ``cloud_region``). Labels are bounded: routes
+are route templates, models are configured ids ("none" before one is resolved), providers and
+regions come from the config. Never a user id, session id, prompt or raw path. ``key_name`` is
+empty (which Prometheus treats as absent) unless ``metrics.key_name_label`` is on.
+
+Several workers on one port: set ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory) before this
+module is first imported; every process then writes its samples there and ``exposition()``
+merges them, so any worker's ``/metrics`` shows the totals of all of them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import platform
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import prometheus_client
+from aiohttp import web
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+)
 
 from gateway import __version__
+from gateway.errors import Unauthorized
+from gateway.keys import CONFIG, METRICS_PORT, STATE, RequestRecord
+from gateway.middleware import public
 
-#: Image calls take from tens of milliseconds (cached/local) to minutes.
-LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300)
+log = logging.getLogger("opengateway.metrics")
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
+
+# ``*_created`` series double the output and nothing here reads them.
+prometheus_client.disable_created_metrics()
+
+#: Image calls take from tens of milliseconds (cached, local) to minutes; 60 s is the README's SLO.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300)
+#: The gateway's own time per request; 10 ms is the README's overhead SLO.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+#: Request bodies are up to 1 MB; answers carry n images of several MB of base64 each.
+SIZE_BUCKETS = tuple(float(4 ** i * 256) for i in range(11))  # 256 B .. 256 MiB
+
+BREAKER_STATES = ("closed", "open", "half_open")
 
 REQUESTS = Counter(
-    "opengateway_requests", "HTTP requests answered, by route, model and status code.",
-    ["route", "model", "status_code"])
+    "opengateway_requests", "HTTP requests answered, by route template, model and status code.",
+    ["http_route", "gen_ai_request_model", "http_response_status_code", "key_name"])
 REQUEST_DURATION = Histogram(
-    "opengateway_request_duration_seconds", "Time from request start to response, by route.",
-    ["route"], buckets=LATENCY_BUCKETS)
+    "opengateway_request_duration_seconds", "Time from a request's arrival to its response.",
+    ["http_route", "gen_ai_request_model"], buckets=LATENCY_BUCKETS)
+OVERHEAD = Histogram(
+    "opengateway_gateway_overhead_seconds",
+    "Request time minus the time spent in upstream calls, for requests that reached the router.",
+    ["http_route"], buckets=OVERHEAD_BUCKETS)
 IN_FLIGHT = Gauge(
     "opengateway_requests_in_flight", "Requests being served right now.", multiprocess_mode="livesum")
-BUILD_INFO = Info("opengateway_build", "The running gateway's version.")
-BUILD_INFO.info({"version": __version__})
+REQUEST_SIZE = Histogram(
+    "opengateway_request_size_bytes", "Request body sizes.", ["http_route"], buckets=SIZE_BUCKETS)
+RESPONSE_SIZE = Histogram(
+    "opengateway_response_size_bytes", "Response body sizes.", ["http_route"],
+    buckets=SIZE_BUCKETS)
+ATTEMPTS = Counter(
+    "opengateway_upstream_attempts",
+    "Upstream attempts by provider plugin, region, model and outcome (succeeded, failed, timeout, skipped).",
+    ["gen_ai_provider_name", "cloud_region", "gen_ai_request_model", "outcome"])
+ATTEMPT_DURATION = Histogram(
+    "opengateway_upstream_attempt_duration_seconds", "Duration of upstream attempts (skipped ones excluded).",
+    ["gen_ai_provider_name", "cloud_region", "gen_ai_request_model", "outcome"], buckets=LATENCY_BUCKETS)
+FALLBACKS = Counter(
+    "opengateway_fallbacks", "Requests answered by a fallback model instead of the model asked.",
+    ["gen_ai_request_model", "gen_ai_response_model"])
+BREAKER_STATE = Gauge(
+    "opengateway_breaker_state",
+    "1 when the target's circuit breaker is in this state (several workers: in any live worker).",
+    ["target", "gen_ai_provider_name", "cloud_region", "gen_ai_request_model", "state"],
+    multiprocess_mode="livemax")
+IMAGES = Counter(
+    "opengateway_images_generated", "Images the upstreams generated, by the model that made them.",
+    ["gen_ai_response_model", "gen_ai_provider_name", "key_name"])
+TOKENS = Counter(
+    "opengateway_tokens", "Tokens the upstreams reported, by type (input, output) and modality (text, image).",
+    ["gen_ai_response_model", "gen_ai_provider_name", "gen_ai_token_type", "modality", "key_name"])
+COST = Counter(
+    "opengateway_cost_usd", "Cost of answered requests in US dollars, from the price table.",
+    ["gen_ai_response_model", "gen_ai_provider_name", "key_name"])
+COST_UNKNOWN = Counter(
+    "opengateway_cost_unknown", "Answered requests whose cost is unknown (no price, no usage or no rate).",
+    ["gen_ai_response_model"])
+LIMITS_BACKEND_ERRORS = Counter(
+    "opengateway_limits_backend_errors",
+    "Calls to the limits backend (Redis) that failed or timed out, by operation (acquire, release, charge).",
+    ["operation"])
+RATE_LIMITED = Counter(
+    "opengateway_rate_limited", "Requests refused by a key's limit, by the limit that refused them.",
+    ["limit", "key_name"])
+BUILD_INFO = Gauge(
+    "opengateway_build_info", "Always 1; the running gateway's version.", ["version", "python_version"],
+    multiprocess_mode="max")
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+
+M = TypeVar("M")
+
+
+class Children(Generic[M]):
+    """A metric's label children by label tuple: one dict lookup on the hot path, no lock.
+    Bounded because every label value is (see the module docstring)."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *labels: str) -> M:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
+
+
+_requests: Children[Any] = Children(REQUESTS)
+_duration: Children[Any] = Children(REQUEST_DURATION)
+_overhead: Children[Any] = Children(OVERHEAD)
+_request_size: Children[Any] = Children(REQUEST_SIZE)
+_response_size: Children[Any] = Children(RESPONSE_SIZE)
+_attempts: Children[Any] = Children(ATTEMPTS)
+_attempt_duration: Children[Any] = Children(ATTEMPT_DURATION)
+_fallbacks: Children[Any] = Children(FALLBACKS)
+_images: Children[Any] = Children(IMAGES)
+_tokens: Children[Any] = Children(TOKENS)
+_cost: Children[Any] = Children(COST)
+_cost_unknown: Children[Any] = Children(COST_UNKNOWN)
+_breaker: Children[Any] = Children(BREAKER_STATE)
+
+
+def observe(record: RequestRecord, key_label: bool) -> None:
+    """Count one finished request (the outermost middleware calls this once per request)."""
+    route, model = record.route, record.model or "none"
+    key = (record.key_name or "") if key_label else ""
+    _requests(route, model, str(record.status), key).inc()
+    _duration(route, model).observe(record.duration_s)
+    if record.request_bytes:
+        _request_size(route).observe(record.request_bytes)
+    if record.response_bytes:
+        _response_size(route).observe(record.response_bytes)
+    if record.upstream_s > 0:
+        _overhead(route).observe(max(record.duration_s - record.upstream_s, 0.0))
+    for attempt in record.attempts:
+        labels = (attempt.provider, attempt.region, attempt.model, attempt.status)
+        _attempts(*labels).inc()
+        if attempt.status != "skipped":
+            _attempt_duration(*labels).observe(attempt.latency_ms / 1000)
+    served = record.model_served
+    if served is None:  # no upstream answered; when one did, its images were paid for (even on a 499)
+        return
+    provider = record.provider or "none"
+    if served != model:
+        _fallbacks(model, served).inc()
+    if record.images:
+        _images(served, provider, key).inc(record.images)
+    tokens = record.tokens
+    if tokens is not None:
+        for token_type, modality, count in (("input", "text", tokens.input_text), ("input", "image", tokens.input_image),
+                                            ("output", "text", tokens.text_output),
+                                            ("output", "image", tokens.image_output)):
+            if count:
+                _tokens(served, provider, token_type, modality, key).inc(count)
+    cost = record.cost
+    if cost is not None and cost.cost_usd is not None:
+        _cost(served, provider, key).inc(cost.cost_usd)
+    else:
+        _cost_unknown(served).inc()
+
+
+def set_breaker_states(targets: Iterable[dict[str, Any]]) -> None:
+    """Copy a router snapshot (dicts with target, provider, region, model, state) into the gauge."""
+    for t in targets:
+        current = str(t.get("state", "closed"))
+        base = (str(t["target"]), str(t.get("provider", "")), str(t.get("region", "")), str(t.get("model", "")))
+        for state in BREAKER_STATES:
+            _breaker(*base, state).set(1 if state == current else 0)
+
+
+_multiprocess_registry: CollectorRegistry | None = None
+
+
+def exposition() -> bytes:
+    """The text format of every metric; merged across workers in multiprocess mode."""
+    global _multiprocess_registry
+    if MULTIPROCESS_ENV not in os.environ:
+        return prometheus_client.generate_latest(REGISTRY)
+    if _multiprocess_registry is None:
+        _multiprocess_registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(_multiprocess_registry)
+    return prometheus_client.generate_latest(_multiprocess_registry)
+
+
+def process_exited(pid: int) -> None:
+    """For a supervisor of several workers: drop a dead worker's live gauges (in-flight, breakers)."""
+    if MULTIPROCESS_ENV in os.environ:
+        multiprocess.mark_process_dead(pid)
+
+
+@public  # not a gateway key: /metrics has its own optional token (metrics.bearer_token)
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    token = request.app[CONFIG].metrics.bearer_token
+    if token is not None:
+        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+            return Unauthorized("A valid metrics bearer token is required.",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'}).to_response()
+    state = request.app.get(STATE)
+    if state is not None:
+        refresh_breakers(state)
+    # Gathering is CPU work proportional to the series; it stays on the loop (milliseconds).
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def breaker_snapshot(state: Any) -> list[dict[str, Any]]:
+    """Every configured target's breaker (target, provider, region, model, state, ...) as dicts."""
+    snapshot = getattr(state.router, "snapshot", None)
+    if snapshot is None:
+        return []
+    targets = [t for route in state.registry.models.values() for t in route.targets]
+    return [t if isinstance(t, dict) else msgspec.structs.asdict(t) for t in snapshot(targets)]
+
+
+def refresh_breakers(state: Any) -> None:
+    set_breaker_states(breaker_snapshot(state))
+
+
+async def lifetime(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: keep the breaker gauge current, and serve /metrics on ``metrics.port`` if set."""
+    config = app[CONFIG].metrics
+
+    async def refresh_forever() -> None:
+        while True:
+            state = app.get(STATE)
+            if state is not None:
+                refresh_breakers(state)
+            await asyncio.sleep(config.breaker_refresh_s)
+
+    refresher = asyncio.create_task(refresh_forever()) if config.enabled else None
+    runner = None
+    if config.enabled and config.port is not None:
+        metrics_app = web.Application()
+        metrics_app[CONFIG] = app[CONFIG]
+        metrics_app.router.add_get("/metrics", metrics_endpoint)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        # Workers sharing the API port share this one too: any of them answers with the merged totals.
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=MULTIPROCESS_ENV in os.environ)
+        await site.start()
+        app[METRICS_PORT] = runner.addresses[0][1]
+        log.info("metrics on http://%s:%s/metrics", config.host, app[METRICS_PORT])
+    try:
+        yield
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        if runner is not None:
+            await runner.cleanup()

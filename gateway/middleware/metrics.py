@@ -1,4 +1,5 @@
-"""Outermost link: opens the request record, then counts and times what everything below did."""
+"""Outermost link: opens the request record; once everything below has answered, counts it
+(gateway/metrics.py), adds it to the dashboard's figures and writes its access-log line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import uuid
 from aiohttp import web
 
 from gateway import metrics
-from gateway.keys import RECORD, RequestRecord
+from gateway.forwarded import client_ip
+from gateway.keys import ACCESS_LOG, BODY, CONFIG, RECORD, STATS, RequestRecord
 from gateway.middleware import Handler
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,18 +31,31 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     record = request[RECORD] = RequestRecord(request_id=_request_id(request), route=route,
-                                             method=request.method)
+                                             method=request.method,
+                                             client_ip=client_ip(request, request.app[CONFIG].server.trusted_proxies))
+    record.started_at = time.time()
     metrics.IN_FLIGHT.inc()
     status = 500
     try:
         response = await handler(request)
         status = response.status
+        if not record.response_bytes:
+            record.response_bytes = response.content_length or 0
         return response
+    except web.HTTPException as exc:  # redirects (and any HTTP error the errors link let through)
+        status = exc.status
+        raise
     except asyncio.CancelledError:
         status = 499  # the client went away; nginx's convention
         raise
     finally:
         metrics.IN_FLIGHT.dec()
         record.status = status
-        metrics.REQUESTS.labels(route, record.model or "none", str(status)).inc()
-        metrics.REQUEST_DURATION.labels(route).observe(time.perf_counter() - started)
+        record.duration_s = time.perf_counter() - started
+        app = request.app
+        metrics.observe(record, app[CONFIG].metrics.key_name_label)
+        app[STATS].add(record)
+        access_log = app[ACCESS_LOG]
+        if access_log is not None:
+            body = request.get(BODY) if access_log.include_prompt else None
+            access_log.write(record, body.prompt if body is not None else None)

@@ -1,0 +1,117 @@
+"""The access log: one JSON line per request, encoded once with msgspec, written after the response.
+
+Built from the request record (gateway/keys.py). It never holds a key (only the key's name) and
+holds the prompt only when ``log.include_prompt`` is on. Each line is one ``write`` of a whole
+line on an ``O_APPEND`` file, so several workers can share one file without interleaving.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+import msgspec
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.keys import ACCESS_LOG, CONFIG, RequestRecord
+
+_LEVELS = {"info": 0, "warning": 400, "error": 500}
+
+
+class LogLine(msgspec.Struct, omit_defaults=True):
+    """One access-log line. Every field is always present except ``prompt`` (opt-in)."""
+
+    ts: str
+    level: str
+    request_id: str
+    method: str
+    route: str
+    status: int
+    latency_ms: float
+    upstream_latency_ms: float
+    key_name: str | None
+    user_id: str | None
+    session_id: str | None
+    client_ip: str | None
+    model_asked: str | None
+    model: str | None
+    model_served: str | None
+    provider: str | None
+    region: str | None
+    attempts: int
+    images: int
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    cost_unknown_reason: str | None
+    request_bytes: int
+    response_bytes: int
+    error_code: str | None
+    prompt: str | None = None
+
+
+def line_of(record: RequestRecord, prompt: str | None = None) -> LogLine:
+    usage, cost = record.usage, record.cost
+    status = record.status
+    return LogLine(
+        ts=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.started_at)) + f".{int(record.started_at % 1 * 1000):03d}Z",
+        level="error" if status >= 500 else "warning" if status >= 400 else "info",
+        request_id=record.request_id, method=record.method, route=record.route, status=status,
+        latency_ms=round(record.duration_s * 1000, 3), upstream_latency_ms=round(record.upstream_s * 1000, 3),
+        key_name=record.key_name, user_id=record.identity.user_id, session_id=record.identity.session_id,
+        client_ip=record.client_ip, model_asked=record.model_asked, model=record.model,
+        model_served=record.model_served, provider=record.provider, region=record.region,
+        attempts=sum(1 for a in record.attempts if a.status != "skipped"), images=record.images,
+        input_tokens=usage.input_tokens if usage is not None else None,
+        output_tokens=usage.output_tokens if usage is not None else None,
+        cost_usd=cost.cost_usd if cost is not None else None,
+        cost_unknown_reason=cost.reason if cost is not None else None,
+        request_bytes=record.request_bytes, response_bytes=record.response_bytes,
+        error_code=record.error_code, prompt=prompt)
+
+
+class AccessLog:
+    def __init__(self, stream: BinaryIO, min_status: int, include_prompt: bool, owned: bool) -> None:
+        self._stream = stream
+        self._min_status = min_status
+        self.include_prompt = include_prompt
+        self._owned = owned
+        self._encoder = msgspec.json.Encoder()
+
+    @classmethod
+    def open(cls, config: Config) -> AccessLog | None:
+        if not config.server.access_log:
+            return None
+        log = config.log
+        if log.destination in ("stderr", "stdout"):
+            stream = (sys.stderr if log.destination == "stderr" else sys.stdout).buffer
+            return cls(stream, _LEVELS[log.level], log.include_prompt, owned=False)
+        fd = os.open(log.destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return cls(os.fdopen(fd, "ab", buffering=0), _LEVELS[log.level], log.include_prompt, owned=True)
+
+    def write(self, record: RequestRecord, prompt: str | None = None) -> None:
+        if record.status < self._min_status:
+            return
+        line = line_of(record, prompt if self.include_prompt else None)
+        data = self._encoder.encode(line) + b"\n"
+        self._stream.write(data)
+        if not self._owned:
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()
+
+
+async def lifetime(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open the configured destination once, close it at shutdown."""
+    access_log = app[ACCESS_LOG] = AccessLog.open(app[CONFIG])
+    try:
+        yield
+    finally:
+        if access_log is not None:
+            access_log.close()

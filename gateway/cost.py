@@ -1,0 +1,94 @@
+"""Usage and cost: an upstream's ``usage`` split into token kinds, priced per model.
+
+Rates are USD per 1M tokens (gateway/data/models.yaml, overridden per model in config). A model
+with no price, or a token kind with no rate, is reported as unknown with a reason, never as 0.
+
+How ``usage`` is read: without ``input_tokens_details`` every input token is text; without
+``output_tokens_details`` every output token is image (GPT Image answers images). ``cached_tokens``
+are a part of the input tokens; OpenAI does not say which modality they were, so they are taken
+from the text tokens first (a cached prompt prefix is text), the rest from the image tokens.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.api import Usage
+from gateway.catalog import Price
+
+#: Token kinds; each is also the name of its rate in ``Price`` and of its part in the details.
+KINDS = ("text_input", "cached_text_input", "image_input", "cached_image_input", "text_output", "image_output")
+
+
+class Tokens(msgspec.Struct, frozen=True):
+    """One answer's tokens by kind; cached kinds are not counted again in their plain kind."""
+
+    text_input: int = 0
+    cached_text_input: int = 0
+    image_input: int = 0
+    cached_image_input: int = 0
+    text_output: int = 0
+    image_output: int = 0
+
+    @property
+    def input_text(self) -> int:
+        return self.text_input + self.cached_text_input
+
+    @property
+    def input_image(self) -> int:
+        return self.image_input + self.cached_image_input
+
+
+class Cost(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``extra.usage`` in the response: the total, its parts, and where the rates came from."""
+
+    cost_usd: float | None
+    cost_usd_details: dict[str, float] | None
+    price_source: str | None
+    #: Why ``cost_usd`` is null; absent when it is known.
+    reason: str | None = None
+
+
+def tokens_of(usage: Usage) -> Tokens:
+    details_in, details_out = usage.input_tokens_details, usage.output_tokens_details
+    if details_in is None:
+        text_in, image_in, cached = usage.input_tokens, 0, 0
+    else:
+        text_in, image_in, cached = details_in.text_tokens, details_in.image_tokens, details_in.cached_tokens
+    cached = min(max(cached, 0), text_in + image_in)
+    cached_text = min(cached, text_in)
+    cached_image = cached - cached_text
+    if details_out is None:
+        text_out, image_out = 0, usage.output_tokens
+    else:
+        text_out, image_out = details_out.text_tokens, details_out.image_tokens
+    return Tokens(text_in - cached_text, cached_text, image_in - cached_image, cached_image, text_out, image_out)
+
+
+def price_cost(tokens: Tokens, price: Price | None, price_source: str | None, model: str) -> Cost:
+    if price is None:
+        return Cost(None, None, None, f"no price is configured for the model '{model}'")
+    parts: dict[str, float] = {}
+    for kind in KINDS:
+        count = getattr(tokens, kind)
+        if not count:
+            continue
+        rate = getattr(price, kind)
+        if rate is None:
+            return Cost(None, None, price_source,
+                        f"the usage has {kind} tokens but the model '{model}' has no {kind} rate")
+        parts[kind] = round(count * rate / 1_000_000, 10)
+    return Cost(round(sum(parts.values()), 10), parts, price_source)
+
+
+def unknown_usage() -> Cost:
+    return Cost(None, None, None, "the upstream reported no usage")
+
+
+def model_cost(usage: Usage | None, price: Price | None, overridden: bool, model: str) -> tuple[Tokens | None, Cost]:
+    """The tokens and cost of one answer of ``model``; ``overridden`` says the config set its price."""
+    if usage is None:
+        return None, unknown_usage()
+    tokens = tokens_of(usage)
+    source = None if price is None else ("config" if overridden else "bundled")
+    return tokens, price_cost(tokens, price, source, model)

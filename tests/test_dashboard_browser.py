@@ -1,0 +1,154 @@
+"""The dashboard in a real headless Chromium, driven over the DevTools protocol: sign in through
+the form, read the rendered figures, and prove attacker-controlled ids render as inert text.
+
+The page's CSP would block an injected script on its own; the browser is told to bypass CSP so
+that this test proves the escaping, not the header. ``alert`` is replaced before any page script
+runs, so a script that did run would be recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import AUTH
+from tests.test_dashboard import ADMIN, ADMIN_KEY
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
+    pytest.skip("chromium is not installed (CI installs it and never skips)", allow_module_level=True)
+
+XSS_USER = "<script>alert(1)</script>"
+XSS_SESSION = '"><img src=x onerror="alert(2)">'
+XSS_MODEL = "openai/<svg onload=alert(3)>"
+RECORD_ALERTS = """
+window.__alerts = [];
+for (const name of ["alert", "confirm", "prompt"]) {
+  window[name] = (...args) => { window.__alerts.push(name + ":" + String(args[0])); };
+}
+"""
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one browser websocket (flattened sessions)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.events: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            data = message.json()
+            if "id" in data and data["id"] in self.pending:
+                self.pending.pop(data["id"]).set_result(data)
+            elif "method" in data:
+                self.queue(data["method"]).put_nowait(data.get("params", {}))
+
+    def queue(self, method: str) -> asyncio.Queue[dict[str, Any]]:
+        return self.events.setdefault(method, asyncio.Queue())
+
+    async def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
+        msg_id = next(self.ids)
+        future = self.pending[msg_id] = asyncio.get_running_loop().create_future()
+        message: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        await self.ws.send_json(message)
+        answer = await asyncio.wait_for(future, timeout=60)
+        assert "error" not in answer, answer
+        return answer.get("result", {})
+
+    async def event(self, method: str) -> dict[str, Any]:
+        return await asyncio.wait_for(self.queue(method).get(), timeout=60)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[DevTools]:
+    profile = tempfile.mkdtemp(prefix="og-chromium-")
+    proc = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+        f"--user-data-dir={profile}", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        url = None
+        for _ in range(500):  # bounded: chromium logs a few lines before the DevTools one
+            line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
+            if not line:
+                break
+            if m := re.search(rb"DevTools listening on (ws://\S+)", line):
+                url = m.group(1).decode()
+                break
+        assert url, "chromium did not open its DevTools port"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+            devtools = DevTools(ws)
+            yield devtools
+            await ws.send_json({"id": 0, "method": "Browser.close", "params": {}})
+            devtools.reader.cancel()
+    finally:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=15)
+        except TimeoutError:
+            proc.kill()  # only the chromium this fixture started
+            await proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def test_dashboard_in_chromium(upstream: Any, make_client: Any, browser: DevTools) -> None:
+    client = await make_client(ADMIN)
+    route = "/v1/images/generations"
+    hostile = {**AUTH, "x-opengateway-user-id": XSS_USER, "x-opengateway-session-id": XSS_SESSION}
+    for _ in range(3):
+        resp = await client.post(route, headers=hostile, json={"model": "openai/gpt-image-1", "prompt": "x"})
+        assert resp.status == 200
+    assert (await client.post(route, headers=hostile, json={"model": XSS_MODEL, "prompt": "x"})).status == 404
+
+    target = await browser.send("Target.createTarget", {"url": "about:blank"})
+    session = (await browser.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}))["sessionId"]
+    await browser.send("Page.enable", session=session)
+    await browser.send("Page.setBypassCSP", {"enabled": True}, session=session)
+    await browser.send("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_ALERTS}, session=session)
+
+    async def evaluate(expression: str) -> Any:
+        result = await browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                    session=session)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    await browser.send("Page.navigate", {"url": str(client.make_url("/dashboard"))}, session=session)
+    await browser.event("Page.loadEventFired")
+    assert await evaluate("!!document.querySelector('form#login input[type=password]')")
+    await evaluate(f"document.getElementById('key').value = {ADMIN_KEY!r}; document.getElementById('login').submit()")
+    await browser.event("Page.loadEventFired")
+
+    assert await evaluate("location.pathname + location.search") == "/dashboard"  # the key is not in the URL
+    assert await evaluate("document.getElementById('admin').textContent") == "ops"
+    assert await evaluate("document.getElementById('requests').textContent") == "4"
+    assert await evaluate("document.getElementById('images').textContent") == "3"
+    assert await evaluate("document.getElementById('server-errors').textContent") == "0"
+    assert (await evaluate("document.getElementById('cost').textContent")).startswith("$0.1270")  # 3 x 0.04234
+    users = await evaluate("[...document.querySelectorAll('#top-users td:first-child')].map(td => td.textContent)")
+    assert users == [XSS_USER]
+    sessions = await evaluate("[...document.querySelectorAll('#top-sessions td:first-child')].map(td => td.textContent)")
+    assert sessions == [XSS_SESSION]
+    recent_text = await evaluate("document.getElementById('recent').textContent")
+    assert XSS_MODEL in recent_text and XSS_USER in recent_text
+    # Rendered as text: no element came out of the hostile strings, and nothing ran.
+    assert await evaluate("document.querySelectorAll('script, img, svg').length") == 0
+    assert await evaluate("window.__alerts") == []
+    assert browser.queue("Page.javascriptDialogOpening").empty()
+    assert await evaluate("document.cookie") == ""  # HttpOnly: page script cannot read the session
