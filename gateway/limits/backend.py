@@ -1,0 +1,57 @@
+"""The contract a limits backend fulfils, and choosing one from ``limits.backend`` at start-up.
+
+The backend lives as long as the app, not a configuration: a reload keeps its counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator, Protocol
+
+from aiohttp import web
+
+from gateway.config import ConfigError, LimitsConfig, Problem
+from gateway.keys import CONFIG, LIMITS
+from gateway.limits.policy import Decision, Plan
+
+log = logging.getLogger("opengateway.limits")
+
+
+class BackendUnavailable(Exception):
+    """The counters could not be reached in time; the caller applies ``limits.on_backend_error``."""
+
+
+class LimitsBackend(Protocol):
+    async def acquire(self, plan: Plan, token: str) -> Decision:
+        """Check every limit of ``plan`` and, only if all pass, count the request in all of them
+        (and take a concurrency slot named ``token``) - atomically."""
+
+    async def release(self, key: str, token: str) -> None:
+        """Free the concurrency slot ``token`` took."""
+
+    async def charge(self, plan: Plan, micro_usd: int) -> None:
+        """Add a finished request's cost to its key's day and month spend."""
+
+    async def close(self) -> None: ...
+
+
+def make_backend(config: LimitsConfig) -> LimitsBackend:
+    if config.backend == "memory":
+        from gateway.limits.memory import MemoryBackend
+        return MemoryBackend()
+    try:
+        from gateway.limits.redis_backend import RedisBackend
+    except ImportError:
+        raise ConfigError([Problem("$.limits.backend", "a redis:// backend needs redis-py: "
+                                   "pip install 'opengateway[redis]'")]) from None
+    return RedisBackend(config)
+
+
+async def limits_backend_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one backend per app (one Redis connection pool per process)."""
+    backend = app[LIMITS] = make_backend(app[CONFIG].limits)
+    log.info("limits backend: %s", "memory" if app[CONFIG].limits.backend == "memory" else "redis")
+    try:
+        yield
+    finally:
+        await backend.close()

@@ -1,0 +1,138 @@
+"""Limit counters in Redis, shared by every replica: one Lua script checks and counts a request
+in all its windows at once, so two replicas can never both take the last slot.
+
+Every key expires by itself: minute windows after 60 s, concurrency slots (a sorted set scored by
+lease expiry) after the slot lease, spend after its day or month. Redis's clock (``TIME``) is the
+only clock, so replicas' clocks need not agree. Short socket timeouts and one overall timeout mean
+a dead or stalled Redis costs a request at most ``socket_timeout_s`` x 8, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.config import LimitsConfig
+from gateway.limits.backend import BackendUnavailable
+from gateway.limits.policy import WINDOW_S, Decision, Plan
+
+# KEYS: requests window, images window, slots, day spend, month spend.
+# ARGV: requests limit, images limit, images asked, slots limit, lease ms, token, day limit,
+#       month limit, window ms (a limit of 0 is not checked; spend in micro-USD).
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rpm, ipm, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local slots, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local day_limit, month_limit, window_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local function window(key)
+  local used = tonumber(redis.call('GET', key) or '0')
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then ttl = window_ms end
+  return used, ttl
+end
+local r_used, r_ttl = window(KEYS[1])
+local i_used, i_ttl = window(KEYS[2])
+local s_used = 0
+if slots > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+  s_used = redis.call('ZCARD', KEYS[3])
+end
+local d_spent = tonumber(redis.call('GET', KEYS[4]) or '0')
+local m_spent = tonumber(redis.call('GET', KEYS[5]) or '0')
+local denied = ''
+if rpm > 0 and r_used + 1 > rpm then denied = 'requests_per_minute'
+elseif ipm > 0 and i_used + n > ipm then denied = 'images_per_minute'
+elseif slots > 0 and s_used + 1 > slots then denied = 'concurrent_requests'
+elseif day_limit > 0 and d_spent >= day_limit then denied = 'spend_usd_per_day'
+elseif month_limit > 0 and m_spent >= month_limit then denied = 'spend_usd_per_month'
+end
+if denied == '' then
+  local function count(key, by)
+    local used = redis.call('INCRBY', key, by)
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then redis.call('PEXPIRE', key, window_ms); ttl = window_ms end
+    return used, ttl
+  end
+  if rpm > 0 then r_used, r_ttl = count(KEYS[1], 1) end
+  if ipm > 0 then i_used, i_ttl = count(KEYS[2], n) end
+  if slots > 0 then
+    redis.call('ZADD', KEYS[3], now_ms + lease_ms, ARGV[6])
+    redis.call('PEXPIRE', KEYS[3], lease_ms)
+    s_used = s_used + 1
+  end
+end
+return {denied, r_used, r_ttl, i_used, i_ttl, s_used, d_spent, m_spent}
+"""
+
+# KEYS: day spend, month spend. ARGV: micro-USD, day ttl ms, month ttl ms.
+_CHARGE = """
+for i = 1, 2 do
+  redis.call('INCRBY', KEYS[i], ARGV[1])
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+_DAY_TTL_MS = 2 * 86_400_000     # outlives its day by a margin for replicas' clock skew
+_MONTH_TTL_MS = 33 * 86_400_000
+
+
+class RedisBackend:
+    def __init__(self, config: LimitsConfig) -> None:
+        self.prefix = config.key_prefix
+        # The whole call's bound, waiting for a pooled connection included: a burst of thousands
+        # of arrivals queues on the pool (redis-py costs ~0.3-0.6 ms of CPU a call), while a
+        # stalled Redis fails every call within socket_timeout_s x 2 (one retry).
+        self.call_timeout_s = config.socket_timeout_s * 8
+        # A blocking pool: a burst waits for a free connection (within the call's bound) instead
+        # of failing with "Too many connections" as the default pool does past its size.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.backend, max_connections=config.max_connections, timeout=self.call_timeout_s,
+            socket_timeout=config.socket_timeout_s, socket_connect_timeout=config.socket_timeout_s,
+            retry=Retry(NoBackoff(), 1), health_check_interval=30)
+        self.client = aioredis.Redis(connection_pool=pool)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._charge = self.client.register_script(_CHARGE)
+
+    def _key(self, key: str, kind: str) -> str:
+        # The {hash tag} keeps one key's counters in one Redis Cluster slot, as a script needs.
+        return f"{self.prefix}{{{key}}}:{kind}"
+
+    async def _call(self, coro: object) -> object:
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                return await coro  # type: ignore[misc]
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def acquire(self, plan: Plan, token: str) -> Decision:
+        keys = [self._key(plan.key, "rpm"), self._key(plan.key, "ipm"), self._key(plan.key, "slots"),
+                self._key(plan.key, f"usd:{plan.day}"), self._key(plan.key, f"usd:{plan.month}")]
+        args = [plan.requests_per_minute or 0, plan.images_per_minute or 0, plan.images,
+                plan.concurrent_requests or 0, math.ceil(plan.slot_lease_s * 1000), token,
+                plan.spend_day_micro or 0, plan.spend_month_micro or 0, int(WINDOW_S * 1000)]
+        reply = await self._call(self._acquire(keys=keys, args=args))
+        denied, r_used, r_ttl, i_used, i_ttl, s_used, d_spent, m_spent = reply  # type: ignore[misc]
+        denied = denied.decode() if isinstance(denied, bytes) else denied
+        return Decision(
+            denied=denied or None, requests_used=int(r_used), requests_reset_s=int(r_ttl) / 1000,
+            images_used=int(i_used), images_reset_s=int(i_ttl) / 1000, concurrent_used=int(s_used),
+            spend_day_micro=int(d_spent), spend_month_micro=int(m_spent),
+            holds_slot=not denied and plan.concurrent_requests is not None)
+
+    async def release(self, key: str, token: str) -> None:
+        await self._call(self.client.zrem(self._key(key, "slots"), token))
+
+    async def charge(self, plan: Plan, micro_usd: int) -> None:
+        keys = [self._key(plan.key, f"usd:{plan.day}"), self._key(plan.key, f"usd:{plan.month}")]
+        await self._call(self._charge(keys=keys, args=[micro_usd, _DAY_TTL_MS, _MONTH_TTL_MS]))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
