@@ -1,7 +1,11 @@
-"""Running the app: one process on one port, with a graceful drain on SIGTERM / SIGINT.
+"""Running the app in one process: listening sockets, signals, and a graceful drain.
 
-On a signal ``/readyz`` turns 503 at once, the listening socket closes, requests in flight
-finish (up to ``server.drain_timeout_s``), then the process exits 0.
+The sockets are bound by ``bind_listeners`` before the app starts: in-process for a single
+worker, or once by the supervisor (gateway/supervisor.py) and inherited by every worker.
+
+On SIGTERM / SIGINT ``/readyz`` turns 503 at once, the listening sockets close (new connections
+are refused), idle keep-alive connections close, requests in flight finish (up to
+``server.drain_timeout_s``, after which aiohttp cancels them), then the process exits 0.
 """
 
 from __future__ import annotations
@@ -9,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Callable
 
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Config
-from gateway.keys import LIFECYCLE
+from gateway.keys import LIFECYCLE, RELOADER
+from gateway.listeners import BACKLOG, Listeners, bind_listeners
+
+__all__ = ["Listeners", "bind_listeners", "install_uvloop", "serve"]
 
 log = logging.getLogger("opengateway")
 
@@ -28,24 +36,63 @@ def install_uvloop() -> bool:
     return True
 
 
-async def serve(config: Config, host: str, port: int, *, on_ready: "asyncio.Future[int] | None" = None) -> None:
-    app = create_app(config)
+def _on_reload(app: web.Application) -> Callable[[], None]:
+    """SIGHUP: re-read the config file and swap it in (gateway/reload.py)."""
+    def reload() -> None:
+        log.info("SIGHUP received: reloading the config")
+        app[RELOADER].reload_soon(app)
+    return reload
+
+
+async def serve(config: Config, listeners: Listeners, *,
+                on_ready: Callable[[Listeners], None] | None = None, config_path: str | None = None) -> None:
+    """Serve on already-bound sockets until SIGTERM / SIGINT, then drain and return."""
+    app = create_app(config, config_path)
+    # handler_cancellation: a client that disconnects cancels its handler, and with it the
+    # upstream call (aiohttp >= 3.9 leaves handlers running unless asked).
+    # shutdown_timeout: how long runner.cleanup() lets handlers in flight finish before it
+    # cancels them (web_protocol.RequestHandler.shutdown); idle keep-alive connections are
+    # closed at once (web_server.Server.pre_shutdown) and busy ones close after their response.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.drain_timeout_s,
-                           handle_signals=False)
+                           handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=False)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    log.info("OpenGateway listening on http://%s:%s", host, bound)
-    if on_ready is not None:
-        on_ready.set_result(bound)
+    if listeners.admin is not None:
+        # Known before the first request can be accepted, so admin routes are never served by mistake.
+        app[LIFECYCLE].admin_port = listeners.admin_port
+        await web.SockSite(runner, listeners.admin, backlog=BACKLOG).start()
+        log.info("admin routes (/metrics, /dashboard) on http://%s:%s",
+                 config.server.admin_host, listeners.admin_port)
+    await web.SockSite(runner, listeners.public, backlog=BACKLOG).start()
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    app[LIFECYCLE].draining = True
-    log.info("draining: no new connections, waiting up to %.0f s for requests in flight",
-             config.server.drain_timeout_s)
-    await runner.cleanup()  # closes the listener, waits for handlers up to shutdown_timeout
+    # Config reload lives here: one handler per process (the supervisor forwards SIGHUP to workers).
+    loop.add_signal_handler(signal.SIGHUP, _on_reload(app))
+
+    log.info("OpenGateway listening on http://%s:%s", *listeners.public.getsockname()[:2])
+    if on_ready is not None:
+        on_ready(listeners)
+    try:
+        await stop.wait()
+    finally:
+        try:
+            # The handlers stay during the drain: a second signal (Ctrl-C reaches every worker
+            # of the terminal's process group, besides the supervisor's SIGTERM) changes nothing.
+            await _drain(app, runner, config.server.drain_timeout_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, drain_timeout_s: float) -> None:
+    app[LIFECYCLE].draining = True  # /readyz answers 503 on connections still open
+    for site in list(runner.sites):
+        await site.stop()  # closes this process's listening sockets: no new connections
+    server = runner.server
+    busy = len(server.connections) if server is not None else 0
+    log.info("draining: listener closed, %d connection(s) open, waiting up to %g s for requests "
+             "in flight", busy, drain_timeout_s)
+    await runner.cleanup()
     log.info("stopped")

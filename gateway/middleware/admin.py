@@ -1,0 +1,36 @@
+"""Operator routes (/metrics, /dashboard) kept off the public port when ``server.admin_port`` is set.
+
+The server binds a second socket for them; a request for an admin route that arrived on any
+other socket answers 404, before auth runs, so the public port does not reveal that they exist.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import NotFound
+from gateway.keys import CONFIG, LIFECYCLE
+from gateway.middleware import Handler
+
+
+def admin(handler: Handler) -> Handler:
+    """Mark a route handler as an operator route (served on the admin port when there is one)."""
+    handler.admin = True  # type: ignore[attr-defined]
+    return handler
+
+
+def on_admin_socket(request: web.Request) -> bool:
+    """True when there is no separate admin port, or the request came in on it."""
+    if request.app[CONFIG].server.admin_port is None:
+        return True
+    admin_port = request.app[LIFECYCLE].admin_port  # the bound port (the config may say 0)
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return admin_port is not None and isinstance(sockname, tuple) and sockname[1] == admin_port
+
+
+@web.middleware
+async def admin_port_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if getattr(request.match_info.handler, "admin", False) and not on_admin_socket(request):
+        # Word for word what an unknown path gets (middleware/errors.py).
+        raise NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+    return await handler(request)
