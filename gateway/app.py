@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 import aiohttp
 from aiohttp import web
 
-from gateway import handlers, provider
+from gateway import access_log, dashboard, handlers, metrics, openapi, provider, reload
 from gateway.config import Config
-from gateway.keys import CONFIG, LIFECYCLE, SESSION, STATE
+from gateway.dashboard.stats import Stats
+from gateway.errors import redact_server_logs, remember_secrets
+from gateway.keys import ACCESS_LOG, CONFIG, LIFECYCLE, RELOADER, SESSION, STATE, STATS
+from gateway.limits import limits_backend_ctx
+from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.identity import identity_middleware
 from gateway.middleware.metrics import metrics_middleware
+from gateway.middleware.limits import limit_headers, limits_middleware
 from gateway.middleware.validation import validation_middleware
 from gateway.state import GatewayState, Lifecycle
 
@@ -24,9 +29,11 @@ log = logging.getLogger("opengateway")
 MIDDLEWARES = (
     metrics_middleware,     # request record, in-flight gauge, status and duration of everything below
     errors_middleware,      # GatewayError / aiohttp HTTP errors / crashes -> OpenAI error JSON
+    admin_port_middleware,  # operator routes answer 404 off the admin port (server.admin_port)
     auth_middleware,        # Authorization: Bearer -> the key's policy, or 401
     identity_middleware,    # x-opengateway-user-id / -session-id -> request record
     validation_middleware,  # JSON body -> ImageGenerationRequest, or 400 with OpenAI's codes
+    limits_middleware,      # the key's per-minute, in-flight and spend limits (needs n), or 429
 )
 
 
@@ -57,15 +64,44 @@ async def _request_id_header(request: web.Request, response: web.StreamResponse)
         response.headers["x-request-id"] = record.request_id
 
 
-def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=config.server.max_body_bytes,
-                          handler_args={"keepalive_timeout": config.server.keepalive_timeout_s})
+def add_admin_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
+    """Register operator routes (/metrics, /dashboard/...): when server.admin_port is set they are
+    served only on that port and answer 404 on the public one (gateway/middleware/admin.py)."""
+    for route in routes:
+        app.router.add_route(route.method, route.path, admin(route.handler), **route.kwargs)
+
+
+def create_app(config: Config, config_path: str | None = None) -> web.Application:
+    """``config_path``: the file ``config`` was read from, re-read by a reload (gateway/reload.py)."""
+    server = config.server
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=server.max_body_bytes,
+                          handler_args={"keepalive_timeout": server.keepalive_timeout_s,
+                                        "max_line_size": server.max_line_bytes,
+                                        "max_field_size": server.max_header_bytes,
+                                        "max_headers": server.max_headers})
     app[CONFIG] = config
+    remember_secrets(p.settings for p in config.providers)  # redact() scrubs them verbatim
+    redact_server_logs()  # aiohttp logs malformed requests with their headers
     app[LIFECYCLE] = Lifecycle()
+    app[RELOADER] = reload.Reloader(config_path)
     app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(reload.reloader_ctx)  # cleaned up first: retired providers, then the session
+    app.cleanup_ctx.append(limits_backend_ctx)
     app.on_response_prepare.append(_request_id_header)
+    app.on_response_prepare.append(limit_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    add_admin_routes(app, [web.post("/admin/reload", reload.admin_reload)])
+    # Observability (README section observability): access log, /metrics, /dashboard.
+    app[ACCESS_LOG] = None
+    app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
+    app.cleanup_ctx.append(access_log.lifetime)
+    app.cleanup_ctx.append(metrics.lifetime)
+    if config.metrics.enabled and config.metrics.port is None:
+        add_admin_routes(app, [web.route("GET", "/metrics", metrics.metrics_endpoint)])
+    if config.dashboard.enabled:
+        add_admin_routes(app, dashboard.setup(app, config))
     return app

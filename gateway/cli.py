@@ -24,10 +24,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _load(path: str | None) -> tuple[Config, bool]:
-    """The config and whether its keys were configured (not generated for this run)."""
+def _load(path: str | None) -> tuple[Config, bool, str | None]:
+    """The config, whether its keys were configured (not generated for this run), and the
+    generated key if there is one (workers must all accept the same key)."""
     if path:
-        return load_config(path), True
+        return load_config(path), True, None
     env = config_from_env()
     if env.upstream == "openai":
         base = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
@@ -39,29 +40,88 @@ def _load(path: str | None) -> tuple[Config, bool]:
         # Printed once, on stdout, so that it can be copied; it is never logged or stored.
         print(f"OpenGateway API key for this run (set OPENGATEWAY_API_KEY to choose one): "
               f"{env.generated_key}", flush=True)
-    return env.config, env.generated_key is None
+    return env.config, env.generated_key is None, env.generated_key
+
+
+def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
+    """A worker started by the supervisor: the config is re-read, the sockets are inherited."""
+    import socket
+
+    from gateway.listeners import Listeners
+    from gateway.server import install_uvloop, serve
+    from gateway.supervisor import stop_with_supervisor
+
+    try:
+        config = load_config(path) if path else config_from_env().config
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    admin = socket.socket(fileno=args.admin_fd) if args.admin_fd is not None else None
+    listeners = Listeners(socket.socket(fileno=args.listen_fd), admin)
+    install_uvloop()
+    stop_with_supervisor()
+    asyncio.run(serve(config, listeners, config_path=path))
+    return 0
+
+
+def _check_plugins(config: Config) -> None:
+    """Build the providers once, so that a bad plugin setting stops the supervisor, not every worker."""
+    import aiohttp
+
+    from gateway.registry import Registry
+
+    async def build() -> None:
+        async with aiohttp.ClientSession() as session:
+            await Registry.build(config, session).close()
+    asyncio.run(build())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import install_uvloop, serve
+    from gateway.listeners import bind_listeners
 
+    path = args.config or os.environ.get("OPENGATEWAY_CONFIG")
+    if args.listen_fd is not None:
+        return _serve_worker(args, path)
     try:
-        config, keys_configured = _load(args.config or os.environ.get("OPENGATEWAY_CONFIG"))
+        config, keys_configured, generated_key = _load(path)
     except ConfigError as exc:
         _print_problems(exc)
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    workers = args.workers if args.workers is not None else config.server.workers
     if not _is_loopback(host) and not (keys_configured and config.keys):
         print(f"refusing to listen on {host}: a non-loopback address needs gateway keys in the config "
               "or OPENGATEWAY_API_KEY; or bind 127.0.0.1", file=sys.stderr)
         return 2
-    install_uvloop()
     try:
-        asyncio.run(serve(config, host, port))
+        if workers > 1:
+            _check_plugins(config)
+        listeners = bind_listeners(config, host, port)
     except ConfigError as exc:
         _print_problems(exc)
         return 2
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port} (admin port {config.server.admin_port}): {exc}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from gateway.supervisor import WorkerSpec, run_workers
+
+        argv = ["--log-level", args.log_level, "serve"] + (["--config", path] if path else [])
+        env = dict(os.environ)
+        if generated_key:
+            env["OPENGATEWAY_API_KEY"] = generated_key
+        return run_workers(WorkerSpec(argv, env, config.server.drain_timeout_s), listeners, workers)
+    from gateway.server import install_uvloop, serve
+
+    install_uvloop()
+    try:
+        asyncio.run(serve(config, listeners, config_path=path))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    finally:
+        listeners.close()
     return 0
 
 
@@ -101,11 +161,50 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from gateway.plugins import discover
 
-    plugins = discover()
-    width = max([len(n) for n in plugins] + [4])
-    for name, info in sorted(plugins.items()):
-        state = "ok" if info.cls is not None else f"FAILED: {info.error}"
-        print(f"{name:<{width}}  {info.distribution} {info.version}  {info.module}  {state}")
+    import msgspec
+
+    plugins = sorted(discover().values(), key=lambda i: i.name)
+    if args.json:
+        rows = [{"name": i.name, "distribution": i.distribution, "version": i.version, "module": i.module,
+                 "api_version": i.api_version, "ok": i.ok, "error": i.error, "fix": i.fix} for i in plugins]
+        print(msgspec.json.encode(rows).decode())
+        return 0
+    table = [("NAME", "DISTRIBUTION VERSION", "MODULE", "STATUS")]
+    table += [(i.name, f"{i.distribution} {i.version}", i.module,
+               "ok" if i.ok else f"FAILED: {i.error} ({i.fix})") for i in plugins]
+    widths = [max(len(row[c]) for row in table) for c in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    # A broken plugin is reported, not fatal: the gateway runs without it unless the config uses it.
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """The key is printed once and never stored: the config holds only its SHA-256 hash."""
+    import json
+    import secrets
+    from datetime import datetime
+
+    from gateway.config import key_hash
+
+    if args.expires_at is not None:
+        try:
+            expires = datetime.fromisoformat(args.expires_at)
+        except ValueError:
+            expires = None
+        if expires is None or expires.tzinfo is None:
+            print(f"--expires-at: expected RFC 3339 with a time zone, e.g. 2026-12-31T23:59:59Z; "
+                  f"got {args.expires_at!r}", file=sys.stderr)
+            return 2
+    key = "og-" + secrets.token_urlsafe(32)
+    entry = [f"  - name: {json.dumps(args.name)}", f'    hash: "{key_hash(key)}"']
+    if args.models:
+        entry.append(f"    models: {json.dumps(args.models)}")
+    if args.expires_at is not None:
+        entry.append(f"    expires_at: {json.dumps(args.expires_at)}")
+    print(f"API key for '{args.name}' (shown once; it is not stored anywhere):\n\n{key}\n")
+    print("Add this entry under `keys:` in the config, then reload (SIGHUP or POST /admin/reload):\n")
+    print("\n".join(entry))
     return 0
 
 
@@ -119,14 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: $OPENGATEWAY_CONFIG, else the environment)")
     serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: server.port, 8080)")
+    serve.add_argument("--workers", type=int, choices=range(1, 257), metavar="N",
+                       help="processes sharing the port, restarted if they crash (default: server.workers, 1)")
+    # Internal: how the supervisor hands its listening sockets to a worker.
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--admin-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and report every problem")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
 
-    plugins = sub.add_parser("plugins", help="list the installed provider plugins")
+    plugins = sub.add_parser("plugins", help="list the installed provider plugins (name, distribution, "
+                             "version, module) and why any failed to load")
+    plugins.add_argument("--json", action="store_true", help="one JSON array, for scripts")
     plugins.set_defaults(func=cmd_plugins)
+
+    keys = sub.add_parser("keys", help="manage gateway keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="make a new random key; prints it once with its config entry")
+    create.add_argument("--name", required=True, help="the key's name (metrics, logs, limits)")
+    create.add_argument("--models", nargs="+", metavar="GLOB", help="model ids it may use, e.g. 'openai/*'")
+    create.add_argument("--expires-at", metavar="RFC3339", help="e.g. 2026-12-31T23:59:59Z")
+    create.set_defaults(func=cmd_keys_create)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from datetime import datetime
 from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
@@ -50,6 +51,23 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     admin_host: str = "127.0.0.1"
 
 
+PerMinute = Annotated[int, Meta(ge=1)]
+Usd = Annotated[float, Meta(gt=0)]
+
+
+class KeyLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One key's limits (gateway/limits/); an absent limit is not enforced."""
+
+    requests_per_minute: PerMinute | None = None
+    #: Counts each request's ``n`` (1 when absent).
+    images_per_minute: PerMinute | None = None
+    #: Requests in flight at once, across every replica sharing the limits backend.
+    concurrent_requests: Annotated[int, Meta(ge=1)] | None = None
+    #: Spend per UTC day / month, charged with each request's actual cost after its response.
+    spend_usd_per_day: Usd | None = None
+    spend_usd_per_month: Usd | None = None
+
+
 class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A gateway key: only its SHA-256 hash is stored (``opengateway keys create`` prints it)."""
 
@@ -60,6 +78,23 @@ class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     #: Globs of the models it may name as fallbacks; None means the same as ``models``.
     fallback_models: list[str] | None = None
     enabled: bool = True
+    limits: KeyLimits | None = None
+    #: RFC 3339 with a time zone (``2026-12-31T23:59:59Z``); the key answers 401 from then on.
+    expires_at: Annotated[datetime, Meta(tz=True)] | None = None
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the per-key limit counters live (gateway/limits/)."""
+
+    #: ``memory`` (one process) or a ``redis://`` / ``rediss://`` URL shared by every replica.
+    backend: Annotated[str, Meta(pattern=r"^(memory|rediss?://.+)$")] = "memory"
+    #: Redis unreachable: ``open`` serves unlimited (and counts an error), ``closed`` answers 503.
+    on_backend_error: Literal["open", "closed"] = "open"
+    key_prefix: str = "opengateway:"
+    #: Connect and command timeout for Redis; short, so a dead Redis never holds a request.
+    socket_timeout_s: PositiveSeconds = 0.25
+    #: Redis connections per process; a burst beyond them queues (one script takes ~0.1 ms).
+    max_connections: Annotated[int, Meta(ge=1)] = 64
 
 
 class ProviderInstance(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -121,6 +156,46 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     breaker: BreakerConfig = BreakerConfig()
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``/metrics`` (gateway/metrics.py; the README's observability section lists every metric)."""
+
+    enabled: bool = True
+    #: When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (use a ``${ENV}`` reference).
+    bearer_token: Annotated[str, Meta(min_length=16)] | None = None
+    #: When set, ``/metrics`` is served only by a second listener on ``host:port``, not on the API port.
+    port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    host: str = "127.0.0.1"
+    #: Adds the gateway key's name as a label (``key_name``); off by default to bound the series.
+    key_name_label: bool = False
+    #: How often breaker states are copied into ``opengateway_breaker_state``.
+    breaker_refresh_s: PositiveSeconds = 5.0
+
+
+class DashboardConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``/dashboard`` (gateway/dashboard/), reachable with an ``admin_keys`` key."""
+
+    enabled: bool = True
+    #: Signs the session cookie; set it (``${ENV}``) when several workers or replicas serve the
+    #: dashboard, otherwise each process draws its own and a session lives in one process only.
+    session_secret: Annotated[str, Meta(min_length=32)] | None = None
+    session_ttl_s: PositiveSeconds = 28_800.0
+    refresh_s: Annotated[int, Meta(ge=1, le=3600)] = 10
+    recent_requests: Annotated[int, Meta(ge=1, le=100_000)] = 200
+    #: Distinct user and session ids tracked for the top tables; later ones count as "(other)".
+    max_tracked_ids: Annotated[int, Meta(ge=1)] = 10_000
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The JSON access log (gateway/access_log.py); ``server.access_log: false`` turns it off."""
+
+    #: ``stderr``, ``stdout`` or a file path (appended to).
+    destination: str = "stderr"
+    #: ``info`` logs every request, ``warning`` only 4xx and 5xx, ``error`` only 5xx.
+    level: Literal["info", "warning", "error"] = "info"
+    #: The prompt is user content: it is logged only when this is true.
+    include_prompt: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderInstance] = []
@@ -130,6 +205,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     router: RouterConfig = RouterConfig()
     #: Key hashes of admins (dashboard, reload); empty means no admin access.
     admin_keys: list[KeyConfig] = []
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    log: LogConfig = LogConfig()
 
 
 class Problem(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.config import KeyConfig
+from gateway.cost import model_cost
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.keys import BODY, LIFECYCLE, PRINCIPAL, RECORD, STATE, UNKNOWN_FIELDS
 from gateway.middleware import public
@@ -83,19 +84,23 @@ async def create_image(request: web.Request) -> web.StreamResponse:
 
     started = time.perf_counter()
     try:
+        # The router appends to record.attempts, so a failed request's attempts are recorded too.
         routed = await state.router.generate(
-            state.router.candidates(route, fallbacks, body, request[UNKNOWN_FIELDS]), deadline_s)
+            state.router.candidates(route, fallbacks, body, request[UNKNOWN_FIELDS]), deadline_s,
+            record.attempts)
     finally:
         record.upstream_s = time.perf_counter() - started
-    record.attempts = routed.attempts
     record.model_served = routed.target.model
     record.provider, record.region = routed.target.plugin, routed.target.region
     record.usage = routed.parsed.usage
     record.images = len(routed.parsed.data)
+    served = state.registry.models.get(routed.target.model, route)
+    overridden = (mc := state.config.models.get(served.id)) is not None and mc.price is not None
+    record.tokens, record.cost = model_cost(record.usage, served.price, overridden, served.id)
     headers = {k: v for k in _PASS_THROUGH if (v := routed.result.headers.get(k)) is not None}
     if routed.result.upstream_request_id:
         headers["x-upstream-request-id"] = routed.result.upstream_request_id
-    extra_out = {"routing": {"attempts": msgspec.to_builtins(routed.attempts)}}
+    extra_out = {"routing": {"attempts": msgspec.to_builtins(routed.attempts)}, "usage": record.cost}
     response = await images_response(request, routed.result.body, routed.parsed, extra_out, headers)
     record.response_bytes = response.content_length or 0
     return response
@@ -127,6 +132,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 @public
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[LIFECYCLE].draining:
-        return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ready"})
+    status, code = ("draining", 503) if request.app[LIFECYCLE].draining else ("ready", 200)
+    if request.query.get("verbose") not in ("1", "true"):
+        return web.json_response({"status": status}, status=code)
+    # Breaker state per target: which deployments this process is routing around, and until when.
+    state = request.app[STATE]
+    targets = state.router.snapshot(t for route in state.registry.models.values() for t in route.targets)
+    return web.Response(body=msgspec.json.encode({"status": status, "targets": targets}), status=code,
+                        content_type="application/json")

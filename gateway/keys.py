@@ -9,9 +9,12 @@ import msgspec
 from aiohttp import web
 
 from gateway.api import Attempt, ImageGenerationRequest, Usage
+from gateway.cost import Cost, Tokens
 
 if TYPE_CHECKING:
     from gateway.config import Config, KeyConfig
+    from gateway.limits import LimitsBackend
+    from gateway.reload import Reloader
     from gateway.registry import Registry
     from gateway.router import Router
     from gateway.state import GatewayState
@@ -30,6 +33,8 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     request_id: str
     route: str = "unmatched"
     method: str = "GET"
+    #: The client's address: the peer, or X-Forwarded-For via server.trusted_proxies (gateway/forwarded.py).
+    client_ip: str | None = None
     key_name: str | None = None
     identity: Identity = Identity()
     model_asked: str | None = None
@@ -46,6 +51,12 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     response_bytes: int = 0
     status: int = 0
     error_code: str | None = None
+    #: Set from the answering model's price (gateway/cost.py) when the upstream answered.
+    tokens: Tokens | None = None
+    cost: Cost | None = None
+    #: Unix time the request arrived, and its duration as the outermost middleware saw it.
+    started_at: float = 0.0
+    duration_s: float = 0.0
 
 
 # Application state.
@@ -59,3 +70,13 @@ BODY = web.RequestKey("body", ImageGenerationRequest)
 UNKNOWN_FIELDS = web.RequestKey("unknown_fields", dict)
 LIFECYCLE = web.AppKey("lifecycle", "Lifecycle")
 CONFIG = web.AppKey("config", "Config")
+# Observability (gateway/access_log.py, gateway/dashboard/stats.py); None when turned off.
+ACCESS_LOG = web.AppKey("access_log", "AccessLog | None")
+STATS = web.AppKey("stats", "Stats")
+#: The bound port of the separate /metrics listener (``metrics.port`` may say 0).
+METRICS_PORT = web.AppKey("metrics_port", int)
+DASHBOARD_SESSIONS = web.AppKey("dashboard_sessions", "Sessions")
+# Limits and reload (gateway/limits/, gateway/reload.py): the counters outlive a reload.
+LIMITS = web.AppKey("limits", "LimitsBackend")
+LIMIT_HEADERS = web.RequestKey("limit_headers", dict)
+RELOADER = web.AppKey("reloader", "Reloader")

@@ -33,3 +33,5 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.draining = False
+        #: The bound admin port once the server has started it (server.admin_port may say 0).
+        self.admin_port: int | None = None

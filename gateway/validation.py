@@ -35,15 +35,22 @@ def decode_request(body: bytes) -> tuple[ImageGenerationRequest, dict[str, Any]]
     except msgspec.ValidationError as exc:
         return _slow_path(body, exc)
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
-            "payload, but what was sent was not valid JSON.",
-            code="invalid_json",
-        ) from None
+        raise _invalid_json() from None
+
+
+def _invalid_json() -> InvalidRequest:
+    return InvalidRequest(
+        "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
+        "payload, but what was sent was not valid JSON.",
+        code="invalid_json",
+    )
 
 
 def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageGenerationRequest, dict[str, Any]]:
-    value = msgspec.json.decode(body)
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:  # the typed decoder can fail on a type before it sees bad syntax
+        raise _invalid_json() from None
     if not isinstance(value, dict):
         raise InvalidRequest(
             f"Invalid type for request body: expected an object, but got {_json_type(value)} instead.",
@@ -165,7 +172,10 @@ def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
 
 def _supported(param: str, value: object, allowed: tuple[str, ...]) -> InvalidRequest:
     quoted = [f"'{a}'" for a in allowed]
-    listing = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+    if len(quoted) <= 2:  # OpenAI: "'low' and 'auto'"; three or more take a serial comma
+        listing = " and ".join(quoted)
+    else:
+        listing = ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
     return InvalidRequest(f"Invalid value: '{value}'. Supported values are: {listing}.",
                           param=param, code="invalid_value")
 
