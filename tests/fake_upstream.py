@@ -78,6 +78,63 @@ def reset() -> Behaviour:
     return reply
 
 
+async def _start_stream(request: web.Request, status: int = 200, length: int | None = None) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    return response
+
+
+def reset_mid_body() -> Behaviour:
+    """Send the headers and half of a valid body, then close the connection."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        data = msgspec.json.encode(images_body(body))
+        response = await _start_stream(request, length=len(data))
+        await response.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError
+    return reply
+
+
+def slow_body(chunk_delay_s: float = 0.3, chunks: int = 100) -> Behaviour:
+    """Headers at once, then a valid body trickled out one byte-chunk at a time."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        data = msgspec.json.encode(images_body(body))
+        response = await _start_stream(request, length=len(data))
+        step = max(1, len(data) // chunks)
+        for i in range(0, len(data), step):
+            await response.write(data[i:i + step])
+            await asyncio.sleep(chunk_delay_s)
+        await response.write_eof()
+        return response
+    return reply
+
+
+def oversized(size_bytes: int, declare_length: bool = True) -> Behaviour:
+    """A 200 whose JSON body is ``size_bytes`` long; without a Content-Length (chunked) when asked."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        head = b'{"created":1,"data":[{"b64_json":"'
+        tail = b'"}]}'
+        data = head + b"A" * max(0, size_bytes - len(head) - len(tail)) + tail
+        response = await _start_stream(request, length=len(data) if declare_length else None)
+        for i in range(0, len(data), 65_536):
+            await response.write(data[i:i + 65_536])
+        await response.write_eof()
+        return response
+    return reply
+
+
+def block(started: asyncio.Event, release: asyncio.Event) -> Behaviour:
+    """Signal ``started`` once the request arrived, then answer only after ``release`` is set."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        started.set()
+        await release.wait()
+        return await ok()(request, body)
+    return reply
+
+
 @dataclass
 class Received:
     path: str

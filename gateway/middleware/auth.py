@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -14,8 +15,8 @@ from gateway.middleware import Handler
 MAX_KEY_CHARS = 512
 
 
-def _unauthorized(message: str) -> Unauthorized:
-    return Unauthorized(message, headers={"WWW-Authenticate": 'Bearer realm="opengateway"'})
+def _unauthorized(message: str, code: str | None = None) -> Unauthorized:
+    return Unauthorized(message, code=code, headers={"WWW-Authenticate": 'Bearer realm="opengateway"'})
 
 
 def bearer_token(request: web.Request) -> str:
@@ -52,6 +53,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     key = request.app[STATE].keys_by_digest.get(digest)
     if key is None or not hmac.compare_digest(key[0], digest) or not key[1].enabled:
         raise _unauthorized("Incorrect API key provided.")
+    if key[1].expires_at is not None and datetime.now(UTC) >= key[1].expires_at:
+        raise _unauthorized(f"This API key expired at {key[1].expires_at.isoformat()}; ask for a new one.",
+                            code="api_key_expired")
     request[PRINCIPAL] = key[1]
     request[RECORD].key_name = key[1].name
     return await handler(request)

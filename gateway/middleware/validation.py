@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from gateway.errors import InvalidRequest
-from gateway.keys import BODY, RECORD, UNKNOWN_FIELDS
+from gateway.errors import InvalidRequest, RequestTimeout
+from gateway.keys import BODY, CONFIG, RECORD, UNKNOWN_FIELDS
 from gateway.middleware import Handler
 from gateway.validation import decode_request
 
@@ -30,7 +32,12 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
         raise InvalidRequest(
             f"Unsupported content type: '{request.headers['Content-Type']}'. This API method only "
             "accepts 'application/json' requests.", code="unsupported_content_type")
-    body = await request.read()
+    timeout_s = request.app[CONFIG].server.body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):  # aiohttp itself never times out a slow body
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body was not received within {timeout_s:g} seconds.") from None
     request[RECORD].request_bytes = len(body)
     if not body:
         raise InvalidRequest("The request body is empty: send a JSON object.", code="invalid_json")

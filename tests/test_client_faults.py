@@ -1,0 +1,157 @@
+"""Misbehaving clients against a real server (``gateway.server.serve`` on a free loopback port),
+over raw sockets: disconnects mid-request, slow headers and bodies, oversized headers, and many
+connections at once. None may produce a 500, hang the server or leave work running."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway import metrics
+from gateway.config import parse_config
+from gateway.server import bind_listeners, serve
+from tests import fake_upstream as fu
+from tests.conftest import GATEWAY_KEY, base_config_yaml
+
+#: Short server timeouts so slow clients are cut off quickly (defaults: 75 s and 30 s).
+CLIENT_LIMITS = """
+server:
+  keepalive_timeout_s: 1
+  body_read_timeout_s: 1
+router:
+  deadline_s: 30
+"""
+BODY = b'{"model": "openai/gpt-image-1", "prompt": "A small red cube"}'
+
+
+def in_flight() -> float:
+    return metrics.IN_FLIGHT.collect()[0].samples[0].value
+
+
+async def wait_for(condition: Callable[[], bool], bound_s: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + bound_s
+    while not condition():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Callable[..., Awaitable[Any]]) -> fu.FakeUpstream:
+    upstream = fu.FakeUpstream()
+    server = await aiohttp_server(upstream.app())
+    upstream.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return upstream
+
+
+@pytest.fixture
+async def port(fake: fu.FakeUpstream) -> AsyncIterator[int]:
+    """The real server (signals, drain, handler cancellation as in production) on a free port."""
+    config = parse_config(base_config_yaml(fake.url, CLIENT_LIMITS), env={})  # type: ignore[attr-defined]
+    listeners = bind_listeners(config, "127.0.0.1", 0)
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(config, listeners, on_ready=lambda _: ready.set()))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield listeners.port
+    finally:
+        task.cancel()  # serve() drains on the way out
+        await asyncio.gather(task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        listeners.close()
+
+
+def request_bytes(body: bytes = BODY, headers: str = "") -> bytes:
+    return (f"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {GATEWAY_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n").encode() + body
+
+
+async def exchange(port: int, data: bytes, read_timeout_s: float = 30) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65_536), read_timeout_s)
+    finally:
+        writer.close()
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+async def test_client_disconnect_cancels_the_upstream_call(port: int, fake: fu.FakeUpstream) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    fake.script("gpt-image-1", fu.block(started, release))
+    before = in_flight()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes())
+    await writer.drain()
+    await asyncio.wait_for(started.wait(), 30)
+    assert in_flight() == before + 1
+    writer.close()
+    # The gateway cancels its handler, which closes the upstream connection: the fake sees it.
+    assert await wait_for(lambda: fake.cancelled == 1), "the upstream call was not cancelled"
+    assert await wait_for(lambda: in_flight() == before), "in-flight gauge did not come back"
+    release.set()
+    # The server still serves.
+    assert status_of(await exchange(port, request_bytes())) == 200
+
+
+async def test_slow_headers_are_cut_off(port: int) -> None:
+    """Headers that never finish: the server closes the connection (keep-alive/read timeouts),
+    it never answers 500. Bounded by the test: 120 s would mean no timeout applies."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(65_536), 120)
+    except asyncio.TimeoutError:
+        pytest.fail("a client that never finishes its headers holds the connection for 120 s")
+    finally:
+        writer.close()
+    assert answer == b"" or status_of(answer) in (400, 408)
+
+
+async def test_slow_body_is_answered_without_a_500(port: int) -> None:
+    """A body that stops half-way: 408 after server.body_read_timeout_s."""
+    data = request_bytes()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data[: len(data) - 10])
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(65_536), 120)
+    except asyncio.TimeoutError:
+        pytest.fail("a client that never finishes its body holds the connection for 120 s")
+    finally:
+        writer.close()
+    assert status_of(answer) == 408  # server.body_read_timeout_s, in OpenAI's shape
+    assert b'"code":"request_timeout"' in answer
+
+
+@pytest.mark.parametrize("headers", [
+    f"X-Big: {'a' * 9000}\r\n",
+    f"{'X' * 9000}: 1\r\n",
+    "".join(f"x-h{i}: 1\r\n" for i in range(200)),
+], ids=["long value", "long name", "too many"])
+async def test_oversized_headers_are_refused_not_crashed(port: int, headers: str) -> None:
+    answer = await exchange(port, request_bytes(headers=headers))
+    assert status_of(answer) in (400, 431)
+
+
+async def test_many_concurrent_connections(port: int) -> None:
+    """500 clients at once, each a full request: all answered 200, nothing left in flight."""
+    before = in_flight()
+    answers = await asyncio.gather(*(exchange(port, request_bytes(headers="Connection: close\r\n"), 120)
+                                     for _ in range(500)))
+    statuses = [status_of(a) for a in answers]
+    assert statuses.count(200) == 500, sorted(set(statuses))
+    assert await wait_for(lambda: in_flight() == before)

@@ -1,0 +1,195 @@
+"""Upstream faults against a real fake upstream on loopback, with short deadlines.
+
+Each fault must give the client the right status in OpenAI's shape with every attempt listed,
+must not hold the request past its deadline, and must leave no task, no checked-out upstream
+connection and no in-flight count behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway import metrics
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.keys import SESSION
+from tests import fake_upstream as fu
+from tests.conftest import AUTH, base_config_yaml
+
+ATTEMPT_TIMEOUT_S = 0.5
+DEADLINE_S = 1.5
+LIMIT_BYTES = 65_536
+LIMITS = f"""
+server:
+  max_upstream_body_bytes: {LIMIT_BYTES}
+router:
+  attempt_timeout_s: {ATTEMPT_TIMEOUT_S}
+  deadline_s: {DEADLINE_S}
+"""
+BODY = {"model": "openai/gpt-image-1", "prompt": "A small red cube"}
+#: A guard, not a measurement: a request that outlives its deadline by this much is hung.
+HUNG_AFTER_S = DEADLINE_S + 10
+
+
+def in_flight() -> float:
+    return metrics.IN_FLIGHT.collect()[0].samples[0].value
+
+
+async def settle(condition: Callable[[], bool], bound_s: float = 15.0) -> bool:
+    """Let cancelled tasks and closed transports finish (bounded); True once ``condition`` holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + bound_s
+    while not condition():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Callable[..., Awaitable[Any]]) -> fu.FakeUpstream:
+    # aiohttp's TestServer cancels a handler when its client hangs up, as a real upstream stops work.
+    upstream = fu.FakeUpstream()
+    server = await aiohttp_server(upstream.app())
+    upstream.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return upstream
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], fake: fu.FakeUpstream) -> TestClient:
+    config = parse_config(base_config_yaml(fake.url, LIMITS), env={})  # type: ignore[attr-defined]
+    return await aiohttp_client(create_app(config))
+
+
+async def _request_and_check_cleanup(client: TestClient) -> tuple[int, dict[str, Any], Any]:
+    """One request after a warm-up, with the leak checks around it."""
+    warm = await client.post("/v1/images/generations", json={**BODY, "model": "openai/gpt-image-1-mini"},
+                             headers=AUTH)
+    assert warm.status == 200
+    await warm.read()
+    connector = client.server.app[SESSION].connector
+    assert connector is not None
+    tasks_before = len(asyncio.all_tasks())
+    gauge_before = in_flight()
+    async with asyncio.timeout(HUNG_AFTER_S):
+        resp = await client.post("/v1/images/generations", json=BODY, headers=AUTH)
+        body = await resp.json()
+    assert await settle(lambda: len(asyncio.all_tasks()) <= tasks_before), \
+        f"tasks: {len(asyncio.all_tasks())} after, {tasks_before} before"
+    assert await settle(lambda: not connector._acquired), "an upstream connection is still checked out"
+    assert in_flight() == gauge_before
+    return resp.status, body, resp.headers
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def assert_error_shape(body: dict[str, Any]) -> None:
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+#: Every attempt timed out: a gateway timeout (504) or, if the router gave up before the deadline, 502.
+TIMED_OUT = (502, 504)
+
+# (id, behaviour factory, client statuses, attempt status, attempt error code)
+FAULTS: list[tuple[str, Callable[[], fu.Behaviour], int | tuple[int, ...], str, str | None]] = [
+    ("reset before headers", fu.reset, 502, "failed", "connection_error"),
+    ("reset mid-body", fu.reset_mid_body, 502, "failed", "connection_error"),
+    ("slow headers", lambda: fu.hang(30), TIMED_OUT, "timeout", "timeout"),
+    ("slow body", lambda: fu.slow_body(0.2, 50), TIMED_OUT, "timeout", "timeout"),
+    ("200 not JSON", lambda: fu.raw(200, b"not json at all", "text/plain"), 502, "failed",
+     "invalid_upstream_response"),
+    ("200 truncated JSON", lambda: fu.raw(200, b'{"created": 1, "data": [{"b64_json": "iVBO'), 502, "failed",
+     "invalid_upstream_response"),
+    ("200 without data", lambda: fu.raw(200, b'{"created": 1}'), 502, "failed", "invalid_upstream_response"),
+    ("HTML 502 page", lambda: fu.raw(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+     502, "failed", None),
+    ("body over the limit", lambda: fu.oversized(4 * LIMIT_BYTES), 502, "failed", "upstream_response_too_large"),
+    ("chunked body over the limit", lambda: fu.oversized(4 * LIMIT_BYTES, declare_length=False), 502, "failed",
+     "upstream_response_too_large"),
+]
+
+
+@pytest.mark.parametrize("fault, behaviour, status, attempt_status, code", FAULTS, ids=[f[0] for f in FAULTS])
+async def test_upstream_fault(gateway: TestClient, fake: fu.FakeUpstream, fault: str,
+                              behaviour: Callable[[], fu.Behaviour], status: int | tuple[int, ...],
+                              attempt_status: str,
+                              code: str | None) -> None:
+    # Enough copies that a retry of the same target meets the same fault.
+    fake.script("gpt-image-1", *(behaviour() for _ in range(20)))
+    got, body, _ = await _request_and_check_cleanup(gateway)
+    assert got in (status if isinstance(status, tuple) else (status,)), body
+    assert_error_shape(body)
+    attempts = body["extra"]["routing"]["attempts"]
+    sent = [r for r in fake.received if r.body.get("model") == "gpt-image-1"]
+    assert attempts, body
+    if attempt_status == "timeout":
+        # A timed-out attempt may end before the upstream even read the request (a loaded machine).
+        assert len(sent) <= len(attempts), (len(sent), attempts)
+    else:  # every upstream call is listed, and nothing else
+        assert len(attempts) == len(sent), (len(sent), attempts)
+    for attempt in attempts:
+        assert attempt["status"] == attempt_status
+        assert attempt["target"].startswith("openai-main") and attempt["model"] == "openai/gpt-image-1"
+        if code is not None:
+            assert attempt["error_code"] == code
+
+
+async def test_html_error_page_is_reported_not_parsed(gateway: TestClient, fake: fu.FakeUpstream) -> None:
+    fake.script("gpt-image-1", *(fu.raw(502, b"<html><h1>502 Bad Gateway</h1></html>", "text/html")
+                                 for _ in range(20)))
+    _, body, _ = await _request_and_check_cleanup(gateway)
+    attempt = body["extra"]["routing"]["attempts"][0]
+    assert attempt["http_status"] == 502
+    assert "502 Bad Gateway" in attempt["error_message"]
+
+
+async def test_connection_refused(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> None:
+    config = parse_config(base_config_yaml(_closed_port_url(), LIMITS), env={})
+    client = await aiohttp_client(create_app(config))
+    gauge_before = in_flight()
+    async with asyncio.timeout(HUNG_AFTER_S):
+        resp = await client.post("/v1/images/generations", json=BODY, headers=AUTH)
+        body = await resp.json()
+    assert resp.status == 502
+    assert_error_shape(body)
+    attempts = body["extra"]["routing"]["attempts"]
+    assert attempts and all(a["status"] == "failed" and a["error_code"] == "connection_error" for a in attempts)
+    assert in_flight() == gauge_before
+    assert not client.server.app[SESSION].connector._acquired  # type: ignore[union-attr]
+
+
+async def test_429_with_retry_after_beyond_the_deadline(gateway: TestClient, fake: fu.FakeUpstream) -> None:
+    """The gateway must not sleep 30 s inside a 1.5 s deadline: it answers 429 at once."""
+    fake.script("gpt-image-1", *(fu.error(429, "rate_limit_exceeded", "Rate limit reached",
+                                          type="requests", headers={"retry-after": "30"}) for _ in range(20)))
+    status, body, headers = await _request_and_check_cleanup(gateway)
+    assert status == 429
+    assert_error_shape(body)
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    attempts = body["extra"]["routing"]["attempts"]
+    assert len(attempts) == len([r for r in fake.received if r.body.get("model") == "gpt-image-1"]) >= 1
+    assert all(a["http_status"] == 429 for a in attempts if a["status"] == "failed")
+    assert int(headers["retry-after"]) >= 1
+
+
+async def test_fault_then_fallback_lists_both_attempts(gateway: TestClient, fake: fu.FakeUpstream) -> None:
+    fake.script("gpt-image-1", *(fu.reset() for _ in range(20)))
+    async with asyncio.timeout(HUNG_AFTER_S):
+        resp = await gateway.post("/v1/images/generations",
+                                  json={**BODY, "extra": {"fallbacks": ["openai/gpt-image-1-mini"]}}, headers=AUTH)
+        body = await resp.json()
+    assert resp.status == 200
+    attempts = body["extra"]["routing"]["attempts"]
+    assert attempts[-1]["status"] == "succeeded" and attempts[-1]["model"] == "openai/gpt-image-1-mini"
+    assert all(a["status"] == "failed" for a in attempts[:-1]) and len(attempts) >= 2
