@@ -270,6 +270,8 @@ class Router:
         if deadline_passed:
             return UpstreamTimeout(f"The request deadline passed before any target succeeded. {message}",
                                    extra=extra)
+        if errors and all(e.timeout for e in errors):  # every upstream was too slow: a gateway timeout
+            return UpstreamTimeout(f"Every attempt timed out. {message}", extra=extra)
         if errors and all(e.status == 429 for e in errors):
             waits = [e.retry_after_s for e in errors if e.retry_after_s is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
