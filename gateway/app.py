@@ -100,7 +100,7 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
     app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
     app.cleanup_ctx.append(access_log.lifetime)
     app.cleanup_ctx.append(metrics.lifetime)
-    if config.metrics.enabled and config.metrics.port is None:
+    if config.metrics.enabled:
         add_admin_routes(app, [web.route("GET", "/metrics", metrics.metrics_endpoint)])
     if config.dashboard.enabled:
         add_admin_routes(app, dashboard.setup(app, config))

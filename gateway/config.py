@@ -162,9 +162,6 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     enabled: bool = True
     #: When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (use a ``${ENV}`` reference).
     bearer_token: Annotated[str, Meta(min_length=16)] | None = None
-    #: When set, ``/metrics`` is served only by a second listener on ``host:port``, not on the API port.
-    port: Annotated[int, Meta(ge=0, le=65535)] | None = None
-    host: str = "127.0.0.1"
     #: Adds the gateway key's name as a label (``key_name``); off by default to bound the series.
     key_name_label: bool = False
     #: How often breaker states are copied into ``opengateway_breaker_state``.

@@ -73,8 +73,6 @@ CONFIG = web.AppKey("config", "Config")
 # Observability (gateway/access_log.py, gateway/dashboard/stats.py); None when turned off.
 ACCESS_LOG = web.AppKey("access_log", "AccessLog | None")
 STATS = web.AppKey("stats", "Stats")
-#: The bound port of the separate /metrics listener (``metrics.port`` may say 0).
-METRICS_PORT = web.AppKey("metrics_port", int)
 DASHBOARD_SESSIONS = web.AppKey("dashboard_sessions", "Sessions")
 # Limits and reload (gateway/limits/, gateway/reload.py): the counters outlive a reload.
 LIMITS = web.AppKey("limits", "LimitsBackend")

@@ -37,7 +37,7 @@ from prometheus_client import (
 
 from gateway import __version__
 from gateway.errors import Unauthorized
-from gateway.keys import CONFIG, METRICS_PORT, STATE, RequestRecord
+from gateway.keys import CONFIG, STATE, RequestRecord
 from gateway.middleware import public
 
 log = logging.getLogger("opengateway.metrics")
@@ -245,7 +245,8 @@ def refresh_breakers(state: Any) -> None:
 
 
 async def lifetime(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: keep the breaker gauge current, and serve /metrics on ``metrics.port`` if set."""
+    """cleanup_ctx: keep the breaker gauge current. (``server.admin_port`` moves /metrics off the
+    API port; gateway/middleware/admin.py.)"""
     config = app[CONFIG].metrics
 
     async def refresh_forever() -> None:
@@ -256,18 +257,6 @@ async def lifetime(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(config.breaker_refresh_s)
 
     refresher = asyncio.create_task(refresh_forever()) if config.enabled else None
-    runner = None
-    if config.enabled and config.port is not None:
-        metrics_app = web.Application()
-        metrics_app[CONFIG] = app[CONFIG]
-        metrics_app.router.add_get("/metrics", metrics_endpoint)
-        runner = web.AppRunner(metrics_app, access_log=None)
-        await runner.setup()
-        # Workers sharing the API port share this one too: any of them answers with the merged totals.
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=MULTIPROCESS_ENV in os.environ)
-        await site.start()
-        app[METRICS_PORT] = runner.addresses[0][1]
-        log.info("metrics on http://%s:%s/metrics", config.host, app[METRICS_PORT])
     try:
         yield
     finally:
@@ -275,5 +264,3 @@ async def lifetime(app: web.Application) -> AsyncIterator[None]:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-        if runner is not None:
-            await runner.cleanup()

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.keys import METRICS_PORT
 from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY
 from tests.fake_upstream import error
 
@@ -180,18 +179,6 @@ async def test_metrics_bearer_token(upstream: Any, make_client: Any) -> None:
     assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert (await client.get("/metrics", headers=AUTH)).status == 401  # a gateway key is not enough
     await scrape(client, {"Authorization": f"Bearer {token}"})
-
-
-async def test_metrics_on_a_separate_port(upstream: Any, make_client: Any) -> None:
-    client = await make_client("metrics: {port: 0}\n")
-    assert (await client.get("/metrics")).status == 404  # not on the API port
-    port = client.app[METRICS_PORT]
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
-            assert resp.status == 200
-            assert "opengateway_requests_total" in await resp.text()
-        async with session.get(f"http://127.0.0.1:{port}/v1/models", headers=AUTH) as resp:
-            assert resp.status == 404  # that listener serves /metrics only
 
 
 async def test_breaker_state_per_target(upstream: Any, make_client: Any) -> None:

@@ -47,7 +47,8 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
         decision = None
     if decision is not None:
         if decision.denied is not None:
-            metrics.RATE_LIMITED.labels(decision.denied, key.name).inc()
+            key_label = key.name if state.config.metrics.key_name_label else ""  # opt-in, bounded
+            metrics.RATE_LIMITED.labels(decision.denied, key_label).inc()
             raise rate_limited(plan, decision)
         request[LIMIT_HEADERS] = headers(plan, decision)
     try:
