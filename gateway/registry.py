@@ -29,6 +29,10 @@ class Target(msgspec.Struct, frozen=True):
     model: str
     provider: Provider
     weight: float | None = None
+    #: What this deployment accepts when it differs from the model's (an Azure deployment next to
+    #: OpenAI has no webp); None when the model's capabilities hold. The router skips a target
+    #: that cannot take the request instead of letting its upstream refuse it.
+    capabilities: Capabilities | None = None
 
 
 class ModelRoute(msgspec.Struct, frozen=True):
@@ -77,19 +81,31 @@ class Registry:
         catalog = openai_image_models()
         models: dict[str, ModelRoute] = {}
         for model_id, mc in table.items():
-            targets = []
-            caps = mc.capabilities
-            for raw in mc.targets:
+            own: list[tuple[str, float | None, Capabilities | None]] = []
+            for j, raw in enumerate(mc.targets):
                 iid, weight = (raw, None) if isinstance(raw, str) else (raw.provider, raw.weight)
-                if caps is None:
-                    caps = declared[iid].get(model_id)
+                served = declared[iid].get(model_id)
+                if served is None and mc.capabilities is None:
+                    problems.append(Problem(
+                        f"$.models.{model_id}.targets[{j}]",
+                        f"provider instance '{iid}' ({regions[iid][0]}) does not serve '{model_id}' (it serves: "
+                        f"{', '.join(declared[iid]) or 'nothing'}); configure it in the instance's settings, "
+                        "or give the model `capabilities` to vouch for it"))
+                own.append((iid, weight, served))
+            # The operator's capabilities hold for every target; otherwise the first target's.
+            caps = mc.capabilities or next((c for _, _, c in own if c is not None), None) or (
+                catalog[model_id].capabilities if model_id in catalog else Capabilities())
+            targets = []
+            for iid, weight, served in own:
+                differs = mc.capabilities is None and served is not None and served != caps
                 plugin, region = regions[iid]
-                targets.append(Target(f"{iid}:{model_id}", iid, plugin, region, model_id, providers[iid], weight))
-            caps = caps or (catalog[model_id].capabilities if model_id in catalog else Capabilities())
-            if mc.extra_fields:
-                caps = msgspec.structs.replace(caps, extra_fields=tuple({*caps.extra_fields, *mc.extra_fields}))
+                targets.append(Target(f"{iid}:{model_id}", iid, plugin, region, model_id, providers[iid], weight,
+                                      _with_extra_fields(served, mc.extra_fields) if differs else None))
+            caps = _with_extra_fields(caps, mc.extra_fields)
             price = mc.price or (catalog[model_id].price if model_id in catalog else None)
             models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price)
+        if problems:
+            raise ConfigError(problems)
         return cls(config, providers, models)
 
     def resolve(self, model: str) -> ModelRoute:
@@ -114,6 +130,12 @@ class Registry:
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
+
+
+def _with_extra_fields(caps: Capabilities, extra_fields: list[str]) -> Capabilities:
+    if not extra_fields:
+        return caps
+    return msgspec.structs.replace(caps, extra_fields=tuple(dict.fromkeys([*caps.extra_fields, *extra_fields])))
 
 
 def _default_table(declared: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import msgspec
 
 from gateway.api import Attempt, ImageGenerationRequest, UpstreamImagesResponse
 from gateway.breaker import CLOSED, HALF_OPEN, Breaker, State
+from gateway.catalog import Capabilities
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, redact
 from gateway.provider import ImageRequest, ImageResult, ProviderError
@@ -156,9 +157,12 @@ class Router:
         walk = _Walk(self.clock() + deadline_s, [] if attempts is None else attempts)
         for candidate in candidates:
             for target in self.targets(candidate.route):
-                if candidate.request is None:
+                unsupported = candidate.unsupported
+                if unsupported is None and target.capabilities is not None:
+                    unsupported = _unsupported_by(candidate.request, target.capabilities)
+                if unsupported is not None or candidate.request is None:
                     walk.attempts.append(_attempt(target, "skipped", 0.0, code="unsupported_request",
-                                                  message=candidate.unsupported))
+                                                  message=unsupported))
                     continue
                 routed = await self._try(walk, target, candidate.request, 0)
                 if routed is not None:
@@ -297,6 +301,19 @@ class Router:
                                     round(wall + retry_in_s, 3) if breaker.state == "open" else None,
                                     round(retry_in_s, 3)))
         return out
+
+
+def _unsupported_by(request: ImageRequest | None, caps: Capabilities) -> str | None:
+    """Why one deployment cannot take a request its model accepts (ImageRequest has the fields
+    check_capabilities reads), or None."""
+    if request is None:
+        return None
+    try:
+        check_capabilities(request, caps)  # type: ignore[arg-type]
+        reject_unknown(request.extra_fields, caps)
+    except InvalidRequest as exc:
+        return exc.message
+    return None
 
 
 def _terminal(exc: ProviderError, attempts: list[Attempt]) -> GatewayError:

@@ -121,6 +121,7 @@ async def test_unpriced_model_and_missing_usage_are_unknown(upstream: Any, make_
 models:
   acme/painter:
     targets: [openai-main]
+    capabilities: {}  # the openai plugin does not know this model: the operator vouches for it
   openai/gpt-image-1:
     targets: [openai-main]
 """)
