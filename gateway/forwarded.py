@@ -62,5 +62,7 @@ def resolve_client_ip(peer: str | None, forwarded_for: list[str], networks: tupl
 
 
 def client_ip(request: web.Request, cidrs: list[str]) -> str | None:
+    if not cidrs:  # no trusted proxies: the peer is the client, as the socket reports it
+        return request.remote
     return resolve_client_ip(request.remote, request.headers.getall("X-Forwarded-For", []),
                              trusted_networks(tuple(cidrs)))

@@ -100,7 +100,7 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     headers = {k: v for k in _PASS_THROUGH if (v := routed.result.headers.get(k)) is not None}
     if routed.result.upstream_request_id:
         headers["x-upstream-request-id"] = routed.result.upstream_request_id
-    extra_out = {"routing": {"attempts": msgspec.to_builtins(routed.attempts)}, "usage": record.cost}
+    extra_out = {"routing": {"attempts": routed.attempts}, "usage": record.cost}  # Structs encode as they are
     response = await images_response(request, routed.result.body, routed.parsed, extra_out, headers)
     record.response_bytes = response.content_length or 0
     return response

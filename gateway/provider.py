@@ -61,6 +61,8 @@ class ImageRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
 
     def openai_body(self, upstream_model: str) -> bytes:
         """The JSON body for an OpenAI-compatible upstream, with ``upstream_model`` as model."""
+        if not self.extra_fields:  # the usual case: unset fields and the empty dict are omitted
+            return msgspec.json.encode(msgspec.structs.replace(self, model=upstream_model))
         fields = msgspec.structs.asdict(self)
         extra = fields.pop("extra_fields")
         fields["model"] = upstream_model

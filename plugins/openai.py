@@ -53,8 +53,8 @@ class OpenAIProvider(Provider):
     async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
         body = request.openai_body(request.model.partition("/")[2])
         try:
-            async with self.session.post(self.url, data=body, headers=self.headers,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            # No per-call ClientTimeout: the router bounds every attempt with timeout_s already.
+            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
                 raw = await read_body(resp)
                 status, headers = resp.status, resp.headers
         except asyncio.TimeoutError:

@@ -32,12 +32,15 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
         raise InvalidRequest(
             f"Unsupported content type: '{request.headers['Content-Type']}'. This API method only "
             "accepts 'application/json' requests.", code="unsupported_content_type")
-    timeout_s = request.app[CONFIG].server.body_read_timeout_s
-    try:
-        async with asyncio.timeout(timeout_s):  # aiohttp itself never times out a slow body
-            body = await request.read()
-    except TimeoutError:
-        raise RequestTimeout(f"The request body was not received within {timeout_s:g} seconds.") from None
+    if request.content.is_eof():  # the usual case: the whole body came with the headers
+        body = await request.read()
+    else:
+        timeout_s = request.app[CONFIG].server.body_read_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):  # aiohttp itself never times out a slow body
+                body = await request.read()
+        except TimeoutError:
+            raise RequestTimeout(f"The request body was not received within {timeout_s:g} seconds.") from None
     request[RECORD].request_bytes = len(body)
     if not body:
         raise InvalidRequest("The request body is empty: send a JSON object.", code="invalid_json")
