@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import Config, parse_config
@@ -71,3 +70,21 @@ async def client(make_client: Callable[..., Any]) -> TestClient:
 
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+
+
+def in_flight() -> float:
+    """The in-flight gauge's current value (process-global)."""
+    from gateway import metrics
+    return metrics.IN_FLIGHT.collect()[0].samples[0].value
+
+
+async def eventually(condition: Callable[[], bool], bound_s: float = 15.0) -> bool:
+    """Poll ``condition`` (bounded) while cancelled tasks and closed transports finish."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    end = loop.time() + bound_s
+    while not condition():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True

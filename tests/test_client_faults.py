@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 import pytest
 
-from gateway import metrics
 from gateway.config import parse_config
 from gateway.server import bind_listeners, serve
 from tests import fake_upstream as fu
-from tests.conftest import GATEWAY_KEY, base_config_yaml
+from tests.conftest import GATEWAY_KEY, base_config_yaml, eventually, in_flight
 
 #: Short server timeouts so slow clients are cut off quickly (defaults: 75 s and 30 s).
 CLIENT_LIMITS = """
@@ -27,25 +26,11 @@ router:
 BODY = b'{"model": "openai/gpt-image-1", "prompt": "A small red cube"}'
 
 
-def in_flight() -> float:
-    return metrics.IN_FLIGHT.collect()[0].samples[0].value
-
-
-async def wait_for(condition: Callable[[], bool], bound_s: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + bound_s
-    while not condition():
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.01)
-    return True
+wait_for = eventually
 
 
 @pytest.fixture
-async def fake(aiohttp_server: Callable[..., Awaitable[Any]]) -> fu.FakeUpstream:
-    upstream = fu.FakeUpstream()
-    server = await aiohttp_server(upstream.app())
-    upstream.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+def fake(upstream: fu.FakeUpstream) -> fu.FakeUpstream:
     return upstream
 
 

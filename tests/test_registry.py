@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError
-from tests.conftest import AUTH, base_config_yaml
+from tests.conftest import AUTH
 from tests.fake_upstream import error
 
 TWO_CLOUDS = """

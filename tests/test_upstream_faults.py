@@ -14,12 +14,11 @@ from typing import Any, Awaitable, Callable
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import metrics
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.keys import SESSION
 from tests import fake_upstream as fu
-from tests.conftest import AUTH, base_config_yaml
+from tests.conftest import AUTH, base_config_yaml, eventually, in_flight
 
 ATTEMPT_TIMEOUT_S = 0.5
 DEADLINE_S = 1.5
@@ -36,27 +35,12 @@ BODY = {"model": "openai/gpt-image-1", "prompt": "A small red cube"}
 HUNG_AFTER_S = DEADLINE_S + 10
 
 
-def in_flight() -> float:
-    return metrics.IN_FLIGHT.collect()[0].samples[0].value
-
-
-async def settle(condition: Callable[[], bool], bound_s: float = 15.0) -> bool:
-    """Let cancelled tasks and closed transports finish (bounded); True once ``condition`` holds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + bound_s
-    while not condition():
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.01)
-    return True
+settle = eventually
 
 
 @pytest.fixture
-async def fake(aiohttp_server: Callable[..., Awaitable[Any]]) -> fu.FakeUpstream:
+def fake(upstream: fu.FakeUpstream) -> fu.FakeUpstream:
     # aiohttp's TestServer cancels a handler when its client hangs up, as a real upstream stops work.
-    upstream = fu.FakeUpstream()
-    server = await aiohttp_server(upstream.app())
-    upstream.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
     return upstream
 
 
