@@ -31,20 +31,20 @@ def test_env_references_are_resolved() -> None:
 
 
 def test_every_problem_is_reported_with_its_line() -> None:
-    text = f"""
+    text = """
 server:
   port: 99999
 keys:
-  - {{name: a, hash: "md5:abc"}}
+  - {name: a, hash: "md5:abc"}
 providers:
   - id: p1
     plugin: openai
-    settings: {{api_key: "${{MISSING_VAR}}"}}
+    settings: {api_key: "${MISSING_VAR}"}
   - id: p1
     plugin: openai
 models:
-  openai/gpt-image-1: {{targets: [nowhere]}}
-  bare-name: {{targets: [p1]}}
+  openai/gpt-image-1: {targets: [nowhere]}
+  bare-name: {targets: [p1]}
 colour: blue
 """
     with pytest.raises(ConfigError) as info:
@@ -59,14 +59,14 @@ colour: blue
 
 
 def test_reference_problems_are_reported_together() -> None:
-    text = f"""
+    text = """
 providers:
-  - {{id: p1, plugin: openai}}
-  - {{id: p1, plugin: openai}}
+  - {id: p1, plugin: openai}
+  - {id: p1, plugin: openai}
 models:
-  openai/gpt-image-1: {{targets: [nowhere], fallbacks: [openai/unknown]}}
-  bare-name: {{targets: [p1]}}
-aliases: {{img: openai/none}}
+  openai/gpt-image-1: {targets: [nowhere], fallbacks: [openai/unknown]}
+  bare-name: {targets: [p1]}
+aliases: {img: openai/none}
 """
     with pytest.raises(ConfigError) as info:
         parse_config(text, env={})

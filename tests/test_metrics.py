@@ -9,7 +9,6 @@ import collections
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families

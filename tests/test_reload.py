@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.config import load_config
