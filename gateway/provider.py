@@ -160,7 +160,9 @@ async def read_body(response: aiohttp.ClientResponse, limit: int | None = None) 
                             code="upstream_response_too_large", retryable=False)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_any():
+    # iter_chunks hands over each buffered socket read as it is (iter_any would join them first):
+    # the body is copied once, by the final join.
+    async for chunk, _ in response.content.iter_chunks():
         size += len(chunk)
         if size > limit:
             raise ProviderError(f"The upstream answer exceeds the gateway's limit of {limit} bytes.",

@@ -30,9 +30,9 @@ from gateway.config import RouterConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, redact
 from gateway.provider import ImageRequest, ImageResult, ProviderError
 from gateway.registry import ModelRoute, Target
+from gateway.upstream import parse_upstream
 from gateway.validation import check_capabilities, reject_unknown, to_image_request
 
-_upstream_decoder = msgspec.json.Decoder(UpstreamImagesResponse)
 
 # What a failed attempt means for the rest of the request (see ``Router._classify``).
 _RETRY = 0      # retry this target (after a wait), then move on; counts against its breaker
@@ -69,16 +69,6 @@ class TargetHealth(msgspec.Struct):
     #: Unix time at which an open circuit lets a probe through; None unless open.
     open_until: float | None
     retry_in_s: float
-
-
-def parse_upstream(body: bytes) -> UpstreamImagesResponse:
-    """Check an upstream success body has OpenAI's shape; a broken one is the upstream's fault."""
-    try:
-        parsed = _upstream_decoder.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise ProviderError(f"The upstream answered 200 with an invalid images response: {exc}",
-                            status=502, code="invalid_upstream_response", retryable=True) from None
-    return parsed
 
 
 def order_targets(targets: tuple[Target, ...], rng: random.Random) -> Sequence[Target]:

@@ -140,3 +140,20 @@ async def test_many_concurrent_connections(port: int) -> None:
     statuses = [status_of(a) for a in answers]
     assert statuses.count(200) == 500, sorted(set(statuses))
     assert await wait_for(lambda: in_flight() == before)
+
+
+async def test_client_leaving_mid_response_is_not_an_error(port: int, fake: fu.FakeUpstream,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hangs up while a large answer is being written is counted as gone (499),
+    not logged as a server error."""
+    fake.script("gpt-image-1", fu.ok(b64="A" * 16_000_000))
+    before = in_flight()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes())
+    await writer.drain()
+    assert (await reader.readexactly(12)).startswith(b"HTTP/1.1 200")
+    writer.transport.abort()  # a reset while most of the 16 MB is still unsent
+    assert await eventually(lambda: in_flight() == before)
+    await asyncio.sleep(0.2)  # let the server notice the reset on its next write
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -46,8 +46,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         error = _from_http(request, exc)
-    except asyncio.CancelledError:
-        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise  # the client went away (mid-response, too): nothing to answer, aiohttp drops it
     except Exception:
         record = request[RECORD]
         log.exception("unhandled error in request %s", record.request_id)

@@ -52,7 +52,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:  # redirects (and any HTTP error the errors link let through)
         status = exc.status
         raise
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ConnectionResetError):
         status = 499  # the client went away; nginx's convention
         raise
     finally:
