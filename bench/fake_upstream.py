@@ -1,0 +1,348 @@
+"""A fast fake OpenAI images upstream for the benchmark (bench/run.py).
+
+It answers ``POST /v1/images/generations`` (any query string) with one pre-built 200 response
+in OpenAI's exact shape::
+
+    {"created": ..., "data": [{"b64_json": "..."}] * n, "background": "opaque",
+     "output_format": "png", "quality": "medium", "size": "1024x1024", "usage": {...}}
+
+and anything else with a pre-built 404. The base64 payload of each image is exactly
+``--image-bytes`` characters (rounded up to a multiple of 4) of a valid base64 string whose
+decoded bytes start with the PNG signature.
+
+Design, chosen for speed: a raw ``asyncio.Protocol`` on uvloop (when importable) with a minimal
+HTTP/1.1 parser. Every request body is read in full (Content-Length or chunked), keep-alive and
+pipelining are supported (``Connection: close`` and HTTP/1.0 without keep-alive close after the
+answer), and the answer is one ``transport.write`` of pre-built bytes. ``--delay-s`` holds each
+answer that long (used by S4: many in-flight requests against a slow upstream).
+
+``--workers N`` forks N processes that each bind the port with SO_REUSEPORT, so the kernel
+spreads connections between them. The benchmark starts it with one worker by default (on a
+2-core machine shared with wrk and the proxy, more workers only add contention; see run.py).
+
+Usage::
+
+    python bench/fake_upstream.py --port 8081 [--image-bytes 1024] [--n 1] [--delay-s 0]
+                                  [--workers 1] [--host 127.0.0.1]
+
+It prints ``READY <port>`` on stdout once every worker listens, and exits on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import socket
+import sys
+import time
+
+try:  # uvloop is much faster; the fake still works without it.
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+def build_body(image_bytes: int, n: int, created: int | None = None) -> bytes:
+    """The JSON body of one successful answer, with ``n`` images of ``image_bytes`` base64 chars."""
+    b64_len = max(4, (image_bytes + 3) // 4 * 4)
+    raw_len = b64_len // 4 * 3
+    raw = (_PNG_SIG + os.urandom(max(0, raw_len - len(_PNG_SIG))))[:raw_len]
+    b64 = base64.b64encode(raw).decode("ascii")
+    assert len(b64) == b64_len
+    item = '{"b64_json":"' + b64 + '"}'
+    created = int(time.time()) if created is None else created
+    body = (
+        '{"created":' + str(created) + ',"data":[' + ",".join([item] * n) + "],"
+        '"background":"opaque","output_format":"png","quality":"medium","size":"1024x1024",'
+        '"usage":{"input_tokens":20,"input_tokens_details":{"text_tokens":20,"image_tokens":0},'
+        '"output_tokens":1056,"output_tokens_details":{"image_tokens":1056,"text_tokens":0},'
+        '"total_tokens":1076}}'
+    )
+    return body.encode("ascii")
+
+
+def build_response(status_line: bytes, body: bytes, close: bool = False) -> bytes:
+    head = (
+        b"HTTP/1.1 " + status_line + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        + (b"Connection: close\r\n" if close else b"")
+        + b"x-request-id: req_bench\r\n"
+        b"openai-processing-ms: 1\r\n"
+        b"\r\n"
+    )
+    return head + body
+
+
+class _Responses:
+    def __init__(self, image_bytes: int, n: int) -> None:
+        body = build_body(image_bytes, n)
+        nf = b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}'
+        bad = b'{"error":{"message":"bad request","type":"invalid_request_error","param":null,"code":null}}'
+        self.ok = build_response(b"200 OK", body)
+        self.ok_close = build_response(b"200 OK", body, close=True)
+        self.not_found = build_response(b"404 Not Found", nf)
+        self.not_found_close = build_response(b"404 Not Found", nf, close=True)
+        self.bad_close = build_response(b"400 Bad Request", bad, close=True)
+
+
+_MAX_HEAD = 64 * 1024
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """One connection: parse requests, skip their bodies, answer with pre-built bytes."""
+
+    __slots__ = ("transport", "buf", "body_left", "chunked", "pending", "loop", "resp", "delay",
+                 "closing", "closing_after")
+
+    def __init__(self, resp: _Responses, delay: float) -> None:
+        self.resp = resp
+        self.delay = delay
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.body_left = 0          # bytes of a Content-Length body still to skip
+        self.chunked = False        # inside a chunked body
+        self.pending: bytes | None = None  # answer to send once the body is read
+        self.loop = asyncio.get_event_loop()
+        self.closing = False
+        self.closing_after = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.body_left and not self.buf:
+            # Fast path: the middle of a large body.
+            if len(data) <= self.body_left:
+                self.body_left -= len(data)
+                if self.body_left == 0:
+                    self._finish()
+                return
+            data = data[self.body_left:]
+            self.body_left = 0
+            self._finish()
+        self.buf += data
+        self._parse()
+
+    def _parse(self) -> None:
+        buf = self.buf
+        while buf and not self.closing:
+            if self.body_left:
+                take = min(self.body_left, len(buf))
+                del buf[:take]
+                self.body_left -= take
+                if self.body_left:
+                    return
+                self._finish()
+                continue
+            if self.chunked:
+                if not self._skip_chunks():
+                    return
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    self._send(self.resp.bad_close, close=True)
+                return
+            head = bytes(buf[:end]).lower()
+            del buf[: end + 4]
+            line_end = head.find(b"\r\n")
+            request_line = head if line_end < 0 else head[:line_end]
+            parts = request_line.split(b" ")
+            if len(parts) != 3:
+                self._send(self.resp.bad_close, close=True)
+                return
+            method, target, version = parts
+            close = b"\r\nconnection: close" in head or (
+                version == b"http/1.0" and b"\r\nconnection: keep-alive" not in head
+            )
+            path = target.split(b"?", 1)[0]
+            if method == b"post" and path == b"/v1/images/generations":
+                answer = self.resp.ok_close if close else self.resp.ok
+            else:
+                answer = self.resp.not_found_close if close else self.resp.not_found
+            self.pending = answer
+            self.closing_after = close
+            if b"\r\ntransfer-encoding: chunked" in head:
+                self.chunked = True
+                continue
+            i = head.find(b"\r\ncontent-length:")
+            if i >= 0:
+                j = head.find(b"\r\n", i + 17)
+                try:
+                    self.body_left = int(head[i + 17 : j if j >= 0 else None].strip())
+                except ValueError:
+                    self._send(self.resp.bad_close, close=True)
+                    return
+            if not self.body_left:
+                self._finish()
+
+    def _skip_chunks(self) -> bool:
+        """Consume chunks from the buffer; True once the whole chunked body is read."""
+        buf = self.buf
+        while True:
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                return False
+            size_s = bytes(buf[:nl]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_s, 16)
+            except ValueError:
+                self._send(self.resp.bad_close, close=True)
+                return False
+            if size == 0:
+                # Last chunk, then optional trailers, then an empty line.
+                end = buf.find(b"\r\n\r\n", nl)
+                if end < 0:
+                    return False
+                del buf[: end + 4]
+                self.chunked = False
+                self._finish()
+                return True
+            if len(buf) < nl + 2 + size + 2:
+                return False
+            del buf[: nl + 2 + size + 2]
+
+    def _finish(self) -> None:
+        answer, self.pending = self.pending, None
+        if answer is None:
+            return
+        close = self.closing_after
+        if self.delay > 0:
+            self.loop.call_later(self.delay, self._send, answer, close)
+        else:
+            self._send(answer, close)
+
+    def _send(self, answer: bytes, close: bool = False) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        t.write(answer)
+        if close:
+            self.closing = True
+            t.close()
+
+
+def _set_pdeathsig() -> None:
+    """Die with the parent (Linux); best effort."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _listen_socket(host: str, port: int, reuseport: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(sock: socket.socket, resp: _Responses, delay: float, ready_fd: int | None) -> None:
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+
+    async def main() -> None:
+        server = await loop.create_server(
+            lambda: UpstreamProtocol(resp, delay), sock=sock, backlog=4096
+        )
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+        await stop
+        server.close()
+
+    loop.run_until_complete(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--image-bytes", type=int, default=1024,
+                    help="base64 characters per image (default 1024)")
+    ap.add_argument("--n", type=int, default=1, help="images per answer (default 1)")
+    ap.add_argument("--delay-s", type=float, default=0.0, help="hold each answer this long")
+    ap.add_argument("--workers", type=int, default=1, help="processes (SO_REUSEPORT)")
+    args = ap.parse_args(argv)
+
+    resp = _Responses(args.image_bytes, args.n)
+    workers = max(1, args.workers)
+    if workers == 1:
+        sock = _listen_socket(args.host, args.port, reuseport=False)
+        print(f"READY {sock.getsockname()[1]}", flush=True)
+        serve(sock, resp, args.delay_s, None)
+        return 0
+
+    # Reserve the port (bound, not listening: gets no connections), then fork the workers.
+    reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind((args.host, args.port))
+    port = reserve.getsockname()[1]
+    children: list[int] = []
+    readers: list[int] = []
+    for _ in range(workers):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # worker
+            os.close(r)
+            reserve.close()
+            _set_pdeathsig()
+            try:
+                sock = _listen_socket(args.host, port, reuseport=True)
+                serve(sock, resp, args.delay_s, w)
+            finally:
+                os._exit(0)
+        os.close(w)
+        children.append(pid)
+        readers.append(r)
+    for r in readers:
+        os.read(r, 1)
+        os.close(r)
+    reserve.close()
+    print(f"READY {port}", flush=True)
+
+    def forward(sig: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for pid in children:
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
