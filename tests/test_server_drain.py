@@ -49,7 +49,7 @@ async def refused(url: str) -> bool:
     return False
 
 
-async def hold_requests(upstream: Any, url: str, count: int) -> tuple[list[asyncio.Task[Any]], asyncio.Event]:
+async def hold_requests(upstream: Any, url: str, count: int) -> tuple[asyncio.Task[list[Any]], asyncio.Event]:
     """``count`` image requests (the official SDK, one connection each) held at the upstream."""
     release = asyncio.Event()
     arrived = [asyncio.Event() for _ in range(count)]
@@ -58,9 +58,15 @@ async def hold_requests(upstream: Any, url: str, count: int) -> tuple[list[async
 
     async def one(i: int) -> Any:
         return await client.images.with_raw_response.generate(model="openai/gpt-image-1", prompt=f"p{i}")
-    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+
+    async def all_then_close() -> list[Any]:
+        try:
+            return await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+        finally:
+            await client.close()
+    task = asyncio.create_task(all_then_close())
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in arrived)), 60)
-    return tasks, release
+    return task, release
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -70,17 +76,17 @@ async def test_sigterm_completes_requests_in_flight_and_refuses_new_ones(
     url = await gateway.url()
     if workers > 1:
         await gateway.wait_for_lines(r"OpenGateway listening on http://[0-9.:]+$", count=workers)
-    tasks, release = await hold_requests(upstream, url, IN_FLIGHT)
+    task, release = await hold_requests(upstream, url, IN_FLIGHT)
 
     gateway.signal(signal.SIGTERM)
     # Every process has closed its listening socket once each has logged this (and the
     # supervisor closes its own copy before it forwards the signal).
     await gateway.wait_for_lines(r"draining: listener closed", count=workers)
     assert await refused(url)
-    assert not any(task.done() for task in tasks)  # still held at the upstream
+    assert not task.done()  # still held at the upstream
 
     release.set()
-    responses = await asyncio.gather(*tasks)
+    responses = await task
     assert [r.http_response.status_code for r in responses] == [200] * IN_FLIGHT
     assert all(len(r.parse().data) == 1 for r in responses)
     assert await gateway.wait() == 0
@@ -90,10 +96,10 @@ async def test_sigterm_completes_requests_in_flight_and_refuses_new_ones(
 async def test_drain_timeout_bounds_the_wait_and_still_exits_0(gateway_factory: Any, upstream: Any) -> None:
     gateway = await gateway_factory("  drain_timeout_s: 0.5\n")
     url = await gateway.url()
-    tasks, release = await hold_requests(upstream, url, 1)
+    task, release = await hold_requests(upstream, url, 1)
 
     gateway.signal(signal.SIGTERM)
     assert await gateway.wait() == 0  # the upstream was never released: the drain gave up
-    (outcome,) = await asyncio.gather(*tasks, return_exceptions=True)
+    (outcome,) = await task
     assert isinstance(outcome, Exception)  # the connection closed without an answer
     release.set()
