@@ -18,9 +18,6 @@ from gateway.registry import ModelRoute, Registry
 from gateway.response import images_response
 from gateway.validation import check_capabilities, reject_unknown, reject_unsupported
 
-_PASS_THROUGH = ("openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-                 "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
-                 "x-ratelimit-reset-tokens")
 
 
 def _allowed(model: str, globs: list[str]) -> bool:
@@ -97,7 +94,7 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     served = state.registry.models.get(routed.target.model, route)
     overridden = (mc := state.config.models.get(served.id)) is not None and mc.price is not None
     record.tokens, record.cost = model_cost(record.usage, served.price, overridden, served.id)
-    headers = {k: v for k in _PASS_THROUGH if (v := routed.result.headers.get(k)) is not None}
+    headers = dict(routed.result.headers)  # what the plugin chose to pass on (provider.pass_through)
     if routed.result.upstream_request_id:
         headers["x-upstream-request-id"] = routed.result.upstream_request_id
     extra_out = {"routing": {"attempts": routed.attempts}, "usage": record.cost}  # Structs encode as they are

@@ -10,6 +10,7 @@ touches metrics (the router and the middleware do).
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Any, ClassVar, Mapping, Sequence
 
 import aiohttp
@@ -21,6 +22,7 @@ from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
 # keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
 __all__ = [
     "API_VERSION",
+    "PASS_THROUGH_HEADERS",
     "Capabilities",
     "ImageRequest",
     "ImageResult",
@@ -30,6 +32,8 @@ __all__ = [
     "SizeRule",
     "error_from_openai",
     "openai_image_models",
+    "pass_through",
+    "post_json",
     "read_body",
     "retry_after_s",
 ]
@@ -211,3 +215,31 @@ def error_from_openai(status: int, body: bytes, headers: Mapping[str, str]) -> P
         err.message, status=status, type=err.type or ("server_error" if status >= 500 else "invalid_request_error"),
         code=None if err.code is None else str(err.code), param=err.param,
         retry_after_s=retry_after_s(headers))
+
+
+#: Upstream headers worth handing to the client (``ImageResult.headers``).
+PASS_THROUGH_HEADERS = ("openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                        "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                        "x-ratelimit-reset-tokens")
+
+
+def pass_through(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream headers a plugin should put in ``ImageResult.headers``."""
+    return {k: v for k in PASS_THROUGH_HEADERS if (v := headers.get(k)) is not None}
+
+
+async def post_json(session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], *,
+                    upstream: str, params: Mapping[str, str] | None = None
+                    ) -> tuple[int, Mapping[str, str], bytes]:
+    """POST a JSON body and read the whole answer (bounded by ``read_body``): the status, headers
+    and body. A transport failure becomes a retryable ProviderError naming ``upstream``. No timer
+    of its own: the router bounds every attempt with its ``timeout_s``."""
+    try:
+        async with session.post(url, params=params, data=body, headers=headers) as resp:
+            return resp.status, resp.headers, await read_body(resp)
+    except asyncio.TimeoutError:  # a timeout configured on the session itself
+        raise ProviderError(f"{upstream} did not answer in time.", code="timeout", timeout=True,
+                            retryable=True) from None
+    except aiohttp.ClientError as exc:
+        raise ProviderError(f"Could not reach {upstream}: {type(exc).__name__}.", code="connection_error",
+                            retryable=True) from None

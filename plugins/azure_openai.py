@@ -13,7 +13,6 @@ translated to OpenAI's shape and retryability here.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Literal, Mapping, Sequence
 from urllib.parse import quote
@@ -23,14 +22,11 @@ import msgspec
 
 from gateway.catalog import openai_image_models
 from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
-                              read_body, retry_after_s)
+                              pass_through, post_json, retry_after_s)
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
 
 DEFAULT_API_VERSION = {"deployments": "2025-04-01-preview", "v1": "preview"}
-
-_PASS_THROUGH = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
-                 "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
 
 #: Azure's names for a prompt or image stopped by its content filters.
 _FILTER_CODES = frozenset({"responsibleaipolicyviolation", "content_filter", "content_policy_violation",
@@ -108,26 +104,15 @@ class AzureOpenAIProvider(Provider):
         _refuse_unsupported(request)
         # The deployment form ignores the body's model; the v1 form needs the deployment there.
         body = request.openai_body(deployment)
-        try:
-            async with self.session.post(self.url(deployment), params=self.params, data=body,
-                                         headers=self.headers,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                raw = await read_body(resp)
-                status, headers = resp.status, resp.headers
-        except asyncio.TimeoutError:
-            raise ProviderError(f"Azure OpenAI did not answer within {timeout_s:.3g} s.", code="timeout",
-                                timeout=True, retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise ProviderError(f"Could not reach Azure OpenAI: {type(exc).__name__}.",
-                                code="connection_error", retryable=True) from None
+        status, headers, raw = await post_json(self.session, self.url(deployment), body, self.headers,
+                                               upstream="Azure OpenAI", params=self.params)
         if not 200 <= status < 300:
             error = azure_error(status, raw, headers)
             if self._secret and self._secret in error.message:  # never echo our credential onwards
                 error.message = error.message.replace(self._secret, "[redacted]")
             raise error
         request_id = headers.get("apim-request-id") or headers.get("x-request-id")
-        return ImageResult(body=raw, upstream_request_id=request_id,
-                           headers={k: v for k in _PASS_THROUGH if (v := headers.get(k)) is not None})
+        return ImageResult(body=raw, upstream_request_id=request_id, headers=pass_through(headers))
 
 
 def _refuse_unsupported(request: ImageRequest) -> None:

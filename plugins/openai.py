@@ -7,19 +7,14 @@ ProviderError in OpenAI's error shape.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Sequence
 
 import aiohttp
 import msgspec
 
 from gateway.catalog import openai_image_models
-from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
-                              error_from_openai, read_body)
-
-_PASS_THROUGH = ("openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-                 "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
-                 "x-ratelimit-reset-tokens")
+from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider,
+                              error_from_openai, pass_through, post_json)
 
 
 class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -52,18 +47,7 @@ class OpenAIProvider(Provider):
 
     async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
         body = request.openai_body(request.model.partition("/")[2])
-        try:
-            # No per-call ClientTimeout: the router bounds every attempt with timeout_s already.
-            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
-                raw = await read_body(resp)
-                status, headers = resp.status, resp.headers
-        except asyncio.TimeoutError:
-            raise ProviderError(f"OpenAI did not answer within {timeout_s:.3g} s.", code="timeout",
-                                timeout=True, retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise ProviderError(f"Could not reach OpenAI: {type(exc).__name__}.", code="connection_error",
-                                retryable=True) from None
+        status, headers, raw = await post_json(self.session, self.url, body, self.headers, upstream="OpenAI")
         if not 200 <= status < 300:
             raise error_from_openai(status, raw, headers)
-        return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"),
-                           headers={k: v for k in _PASS_THROUGH if (v := headers.get(k)) is not None})
+        return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"), headers=pass_through(headers))
