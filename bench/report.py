@@ -1,0 +1,210 @@
+"""The benchmark's table: medians, ratios against nginx and direct, PASS/MISS, notes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from procs import TARGETS, cpu_model
+
+if TYPE_CHECKING:
+    from run import Bench
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_num(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
+def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], list[str]]:
+    """Table rows, medians (for --json), notes and misses."""
+    s, res = b.s, b.results
+    rows: list[list[str]] = []
+    med: dict[str, Any] = {}
+    notes: list[str] = list(res.get("notes", []))
+    for ph in ("S1-S3", "S4", "S5"):
+        avg = b.load.average(ph)
+        if avg is not None and avg >= 0.15:
+            notes.append(f"other processes used {avg:.2f} of the {os.cpu_count()} cores on average "
+                         f"during {ph} (peak {b.load.peak.get(ph, 0):.2f}): those numbers are disturbed")
+    misses: list[str] = []
+    rounds = res["rounds"]
+    targets = b.targets
+
+    def judge(ok: bool | None, what: str) -> str:
+        if s.quick:
+            return "(quick)"
+        if ok is None:
+            return "n/a"
+        if not ok:
+            misses.append(what)
+        return "PASS" if ok else "MISS"
+
+    def col(sc: str, t: str, key: str) -> float | None:
+        if t not in targets:
+            return None
+        return median([r[sc][t][key] for r in rounds if sc in r and t in r[sc]])
+
+    def ratio(sc: str, key: str, num: str, den: str) -> float | None:
+        if num not in targets or den not in targets:
+            return None
+        return median([r[sc][num][key] / r[sc][den][key] for r in rounds
+                       if sc in r and r[sc][den][key]])
+
+    def errs(sc: str, t: str) -> int:
+        return sum(r[sc][t]["error_count"] for r in rounds if sc in r and t in r[sc])
+
+    for sc in ("S1", "S3"):
+        if not rounds or sc not in rounds[0]:
+            continue
+        label = (f"S1 1 KB, {s.s1_conns} conns" if sc == "S1" else f"S3 2 MB, {s.s3_conns} conns")
+        rps = {t: col(sc, t, "rps") for t in TARGETS}
+        gn, gd = ratio(sc, "rps", "gateway", "nginx"), ratio(sc, "rps", "gateway", "direct")
+        nd = ratio(sc, "rps", "nginx", "direct")
+        thr = 0.40 if sc == "S1" else 0.65
+        gw_errs = errs(sc, "gateway") if "gateway" in targets else 0
+        ok = None if gn is None else (gn >= thr and gw_errs == 0)
+        rows.append([label, "req/s", fmt_num(rps["direct"]), fmt_num(rps["nginx"]),
+                     fmt_num(rps["gateway"]), fmt_num(gn, 2), fmt_num(gd, 2),
+                     f">= {thr:.2f} x nginx", judge(ok, f"{sc} req/s")])
+        med[sc] = {"rps": rps, "gateway_over_nginx": gn, "gateway_over_direct": gd,
+                   "nginx_over_direct": nd}
+        if sc == "S1":
+            p50 = {t: col(sc, t, "p50_us") for t in TARGETS}
+            p99 = {t: col(sc, t, "p99_us") for t in TARGETS}
+            rows.append([label, "p50 / p99 ms"] + [
+                "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in TARGETS]
+                + ["", "", "", ""])
+            med[sc].update(p50_us=p50, p99_us=p99)
+        else:
+            mb = {t: col(sc, t, "mbps") for t in TARGETS}
+            rows.append([label, "MB/s", fmt_num(mb["direct"]), fmt_num(mb["nginx"]),
+                         fmt_num(mb["gateway"]), fmt_num(ratio(sc, "mbps", "gateway", "nginx"), 2),
+                         fmt_num(ratio(sc, "mbps", "gateway", "direct"), 2), "", ""])
+            med[sc]["mbps"] = mb
+        for t in targets:
+            if errs(sc, t):
+                notes.append(f"{sc} {t}: {errs(sc, t)} errors (socket errors + non-2xx) over the rounds")
+
+    if rounds and "S2" in rounds[0]:
+        label = "S2 1 conn"
+        p50 = {t: col("S2", t, "p50_us") for t in TARGETS}
+        p99 = {t: col("S2", t, "p99_us") for t in TARGETS}
+        rows.append([label, "p50 / p99 ms"] + [
+            "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in TARGETS]
+            + ["", "", "", ""])
+
+        def added(t: str, key: str) -> float | None:
+            if t not in targets or "direct" not in targets:
+                return None
+            return median([r["S2"][t][key] - r["S2"]["direct"][key] for r in rounds if "S2" in r])
+
+        a50 = {t: added(t, "p50_us") for t in ("nginx", "gateway")}
+        a99 = {t: added(t, "p99_us") for t in ("nginx", "gateway")}
+
+        def fa(v: float | None) -> str:
+            return "-" if v is None else f"{v / 1000:+.3f}"
+
+        rows.append([label, "added p50 ms", "-", fa(a50["nginx"]), fa(a50["gateway"]), "", "",
+                     "<= 0.35 ms", judge(None if a50["gateway"] is None else
+                                         a50["gateway"] <= 350 and errs("S2", "gateway") == 0,
+                                         "S2 added p50")])
+        rows.append([label, "added p99 ms", "-", fa(a99["nginx"]), fa(a99["gateway"]), "", "",
+                     "<= 1 ms", judge(None if a99["gateway"] is None else a99["gateway"] <= 1000,
+                                      "S2 added p99")])
+        med["S2"] = {"p50_us": p50, "p99_us": p99, "added_p50_us": a50, "added_p99_us": a99}
+        for t in targets:
+            if errs("S2", t):
+                notes.append(f"S2 {t}: {errs('S2', t)} errors over the rounds")
+    # Order rows S1, S2, S3 (S3 was built with S1 above).
+    rows.sort(key=lambda r: r[0][:2])
+
+    s4 = res.get("s4") or {}
+    if s4:
+        label = f"S4 {s.s4_conns:,} in-flight"
+
+        def cell(t: str, key: str) -> str:
+            if t not in s4:
+                return "-"
+            if key == "errors":
+                return f"{s4[t]['errors']:,} ({s4[t]['completed']:,} ok)"
+            return fmt_num(s4[t][key] / 1e6)
+
+        gw = s4.get("gateway")
+        rows.append([label, "errors", "-", cell("nginx", "errors"), cell("gateway", "errors"), "", "",
+                     "0", judge(None if gw is None else gw["errors"] == 0, "S4 errors")])
+        rows.append([label, "peak RSS MB", "-", cell("nginx", "peak_rss"), cell("gateway", "peak_rss"),
+                     "", "", "<= 300 MB",
+                     judge(None if gw is None else gw["peak_rss"] <= 300e6, "S4 peak RSS")])
+        med["S4"] = {t: {k: v for k, v in d.items()} for t, d in s4.items()}
+        if s.s4_cap_reason:
+            notes.append(s.s4_cap_reason + f" (asked for {s.s4_conns_requested:,})")
+        for t, d in s4.items():
+            if d["completed"] < d["expected_at_least"] * 0.9:
+                notes.append(f"S4 {t}: only {d['completed']:,} requests completed in "
+                             f"{s.s4_duration_s:g} s (>= {d['expected_at_least']:,} expected with a "
+                             f"{s.s4_delay_s:g} s upstream)")
+    s5 = res.get("s5") or {}
+    if s5:
+        label = f"S5 soak {s5['soak_requests']:,} x 2 MB"
+        g = s5["growth"]
+        rows.append([label, "RSS warm -> end MB", "-", "-",
+                     f"{s5['rss_after_warmup'] / 1e6:.0f} -> {s5['rss_end'] / 1e6:.0f} ({g * 100:+.1f} %)",
+                     "", "", "<= +10 %",
+                     judge(g is not None and g <= 0.10 and s5["errors"] == 0, "S5 RSS growth")])
+        rows.append(["S5 idle (fresh start)", "RSS MB", "-", "-", f"{s5['idle_rss'] / 1e6:.1f}", "", "",
+                     "<= 60 MB", judge(s5["idle_rss"] <= 60e6, "S5 idle RSS")])
+        med["S5"] = {k: v for k, v in s5.items() if k != "samples"}
+        if s5["errors"]:
+            notes.append(f"S5: {s5['errors']} errors (socket errors + non-2xx)")
+        if s5["soak_requests"] < s.s5_requests:
+            notes.append(f"S5: stopped by the {s.s5_max_s:g} s bound after {s5['soak_requests']:,} "
+                         f"of {s.s5_requests:,} requests")
+        notes.append(f"S5: soak at {s5['soak_wrk']['rps']:,.0f} req/s; peak RSS "
+                     f"{s5['peak_rss'] / 1e6:.0f} MB; idle after soak "
+                     f"{s5['rss_idle_after_soak'] / 1e6:.0f} MB")
+    return rows, med, notes, misses
+
+
+def render(rows: list[list[str]]) -> str:
+    head = ["scenario", "metric", "direct", "nginx", "gateway", "gw/nginx", "gw/direct", "target",
+            "result"]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    right = {2, 3, 4, 5, 6}
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), sep] + [line(r) for r in rows])
+
+
+def header(b: Bench, nginx_v: str, wrk_v: str) -> str:
+    s = b.s
+    mode = "quick (CI smoke: 1 round, reduced counts, targets not judged)" if s.quick else \
+        f"full, median of {s.rounds} rounds"
+    return (f"OpenGateway benchmark - {mode}\n"
+            f"gateway --workers {s.workers}, nginx worker_processes {s.workers}, fake upstream "
+            f"{s.upstream_workers} process(es) per upstream; S1/S3 {s.duration_s:g} s, S2 "
+            f"{s.s2_duration_s:g} s per measurement\n"
+            f"machine: {os.cpu_count()} CPUs, {cpu_model()}; Linux {platform.release()}; "
+            f"Python {platform.python_version()}; nginx {nginx_v}; wrk {wrk_v}; load average at "
+            f"start {b.results.get('loadavg_start', (0,))[0]:.2f}; CPU used by other processes "
+            f"during S1-S3: {fmt_num(b.load.average('S1-S3'), 2)} cores")
