@@ -4,6 +4,7 @@ stalled follows ``limits.on_backend_error`` and never hangs a request."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 from typing import Any, Awaitable, Callable
@@ -186,8 +187,9 @@ async def test_two_real_gateway_processes_share_one_limit(shared_redis: RedisSer
     from tests.test_reload import _wait_listening
 
     path = tmp_path / "gateway.yaml"
+    # A long Redis timeout: on a loaded machine a slow answer must not turn into fail-open.
     path.write_text(limits_yaml(upstream.url, "{requests_per_minute: 20}",
-                                backend_yaml(shared_redis.url, f"t{secrets.token_hex(4)}:"))
+                                backend_yaml(shared_redis.url, f"t{secrets.token_hex(4)}:", timeout_s=5.0))
                     + "server: {access_log: false}\n")
     ports, procs = [], []
     try:
@@ -212,7 +214,10 @@ async def test_two_real_gateway_processes_share_one_limit(shared_redis: RedisSer
         errors = [proc.communicate(timeout=30)[1] for proc in procs]
     ok = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
-    assert len(ok) == 20 and len(refused) == 40, (results[:3], errors)
+    outcomes = collections.Counter(type(r).__name__ if isinstance(r, Exception) else r.http_response.status_code
+                                   for r in results)
+    assert len(ok) == 20 and len(refused) == 40, (outcomes, [r for r in results if isinstance(r, Exception)
+                                                              and not isinstance(r, openai.RateLimitError)][:3], errors)
     assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok) == list(range(20))
     assert all(r.response.headers["x-ratelimit-limit-requests"] == "20" and "retry-after" in r.response.headers
                for r in refused)
