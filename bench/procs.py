@@ -153,18 +153,7 @@ class Procs:
     @staticmethod
     def _session_members(sid: int) -> list[int]:
         """Pids whose session id is ``sid``: the process we started and what it forked."""
-        out = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:
-                out.append(int(d))
-        return out
+        return [pid for pid, fields in proc_stats() if int(fields[3]) == sid]
 
     def stop(self, p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if p.poll() is None:
@@ -217,8 +206,21 @@ def _busy_ticks() -> int:
 
 
 def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat after the command name: [0] state, [1] ppid, [3] session id, ..."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
+
+
+def proc_stats() -> list[tuple[int, list[str]]]:
+    """Every live process with its stat fields (processes that exit meanwhile are skipped)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out.append((int(d), _stat_fields(d)))
+            except OSError:
+                continue
+    return out
 
 
 class LoadWatcher:
@@ -346,15 +348,8 @@ def wait_until(what: str, check: Callable[[], bool], procs: Procs, p: subprocess
 
 def _ppid_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(d))
+    for pid, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 
