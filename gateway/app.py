@@ -12,7 +12,7 @@ from gateway import access_log, dashboard, handlers, metrics, openapi, provider,
 from gateway.config import Config
 from gateway.dashboard.stats import Stats
 from gateway.errors import redact_server_logs, remember_secrets
-from gateway.keys import ACCESS_LOG, CONFIG, LIFECYCLE, RELOADER, SESSION, STATE, STATS
+from gateway.keys import ACCESS_LOG, CONFIG, LIFECYCLE, RECORD, RELOADER, SESSION, STATE, STATS
 from gateway.limits import limits_backend_ctx
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
@@ -59,8 +59,6 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    from gateway.keys import RECORD
-
     record = request.get(RECORD)
     if record is not None:
         response.headers["x-request-id"] = record.request_id

@@ -85,10 +85,9 @@ def unknown_usage() -> Cost:
     return Cost(None, None, None, "the upstream reported no usage")
 
 
-def model_cost(usage: Usage | None, price: Price | None, overridden: bool, model: str) -> tuple[Tokens | None, Cost]:
-    """The tokens and cost of one answer of ``model``; ``overridden`` says the config set its price."""
+def model_cost(usage: Usage | None, price: Price | None, source: str | None, model: str) -> tuple[Tokens | None, Cost]:
+    """The tokens and cost of one answer of ``model``; ``source`` says where its price came from
+    (``config`` or ``bundled``; ModelRoute.price_source)."""
     if usage is None:
         return None, unknown_usage()
-    tokens = tokens_of(usage)
-    source = None if price is None else ("config" if overridden else "bundled")
-    return tokens, price_cost(tokens, price, source, model)
+    return (tokens := tokens_of(usage)), price_cost(tokens, price, source, model)

@@ -92,8 +92,7 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     record.usage = routed.parsed.usage
     record.images = len(routed.parsed.data)
     served = state.registry.models.get(routed.target.model, route)
-    overridden = (mc := state.config.models.get(served.id)) is not None and mc.price is not None
-    record.tokens, record.cost = model_cost(record.usage, served.price, overridden, served.id)
+    record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id)
     headers = dict(routed.result.headers)  # what the plugin chose to pass on (provider.pass_through)
     if routed.result.upstream_request_id:
         headers["x-upstream-request-id"] = routed.result.upstream_request_id

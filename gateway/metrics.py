@@ -210,12 +210,6 @@ def exposition() -> bytes:
     return prometheus_client.generate_latest(_multiprocess_registry)
 
 
-def process_exited(pid: int) -> None:
-    """For a supervisor of several workers: drop a dead worker's live gauges (in-flight, breakers)."""
-    if MULTIPROCESS_ENV in os.environ:
-        multiprocess.mark_process_dead(pid)
-
-
 @public  # not a gateway key: /metrics has its own optional token (metrics.bearer_token)
 async def metrics_endpoint(request: web.Request) -> web.Response:
     token = request.app[CONFIG].metrics.bearer_token

@@ -41,6 +41,8 @@ class ModelRoute(msgspec.Struct, frozen=True):
     targets: tuple[Target, ...]
     fallbacks: tuple[str, ...] = ()
     price: Price | None = None
+    #: Where ``price`` came from: ``config`` (the operator's), ``bundled`` (models.yaml), or None.
+    price_source: str | None = None
 
 
 class Registry:
@@ -103,7 +105,8 @@ class Registry:
                                       _with_extra_fields(served, mc.extra_fields) if differs else None))
             caps = _with_extra_fields(caps, mc.extra_fields)
             price = mc.price or (catalog[model_id].price if model_id in catalog else None)
-            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price)
+            source = None if price is None else "config" if mc.price is not None else "bundled"
+            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source)
         if problems:
             raise ConfigError(problems)
         return cls(config, providers, models)

@@ -85,7 +85,7 @@ def test_every_token_kind_is_priced() -> None:
                   input_tokens_details=InputTokensDetails(text_tokens=100, image_tokens=500, cached_tokens=40),
                   output_tokens_details=OutputTokensDetails(image_tokens=1056, text_tokens=50))
     price = openai_image_models()["openai/gpt-image-1.5"].price
-    tokens, cost = model_cost(usage, price, False, "openai/gpt-image-1.5")
+    tokens, cost = model_cost(usage, price, "bundled", "openai/gpt-image-1.5")
     assert tokens == Tokens(text_input=60, cached_text_input=40, image_input=500, cached_image_input=0,
                             text_output=50, image_output=1056)
     assert cost.cost_usd_details == {"text_input": 0.0003,        # 60*5
@@ -108,7 +108,7 @@ def test_a_token_kind_without_a_rate_is_unknown_not_zero() -> None:
     price = openai_image_models()["openai/gpt-image-1"].price  # no text_output rate
     usage = Usage(input_tokens=20, output_tokens=1100,
                   output_tokens_details=OutputTokensDetails(image_tokens=1056, text_tokens=44))
-    _, cost = model_cost(usage, price, False, "openai/gpt-image-1")
+    _, cost = model_cost(usage, price, "bundled", "openai/gpt-image-1")
     assert cost.cost_usd is None and cost.cost_usd_details is None
     assert cost.reason is not None and "text_output" in cost.reason
 

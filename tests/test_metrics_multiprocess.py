@@ -19,9 +19,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from tests.conftest import GATEWAY_KEY, UPSTREAM_KEY, key_hash
+from tests.conftest import GATEWAY_KEY, base_config_yaml
 from tests.fake_upstream import error
-from tests.test_metrics import G1, MINI, ROUTE, Delta, parse, total
+from tests.test_metrics import G1, MINI, ROUTE, ROUTER, Delta, parse, total
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
@@ -57,25 +57,7 @@ async def workers(upstream: Any, tmp_path: Path) -> AsyncIterator[tuple[list[int
     metrics_dir.mkdir()
     log_path = tmp_path / "access.log"
     config = tmp_path / "gateway.yaml"
-    config.write_text(f"""
-keys:
-  - name: test
-    hash: "{key_hash(GATEWAY_KEY)}"
-providers:
-  - id: openai-main
-    plugin: openai
-    settings: {{api_key: {UPSTREAM_KEY}, base_url: "{upstream.url}"}}
-models:
-  openai/gpt-image-1:
-    targets: [openai-main]
-    fallbacks: [openai/gpt-image-1-mini]
-  openai/gpt-image-1-mini:
-    targets: [openai-main]
-router:
-  max_attempts_per_target: 1
-  breaker: {{enabled: false}}
-log: {{destination: "{log_path}"}}
-""")
+    config.write_text(base_config_yaml(upstream.url, ROUTER + f'log: {{destination: "{log_path}"}}\n'))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "OPENGATEWAY_", "OPENAI_"))}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     started = [await start_worker(config, env) for _ in range(2)]
