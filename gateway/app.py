@@ -12,7 +12,8 @@ from gateway import access_log, dashboard, handlers, metrics, openapi, provider,
 from gateway.config import Config
 from gateway.dashboard.stats import Stats
 from gateway.errors import redact_server_logs, remember_secrets
-from gateway.keys import ACCESS_LOG, CONFIG, LIFECYCLE, RECORD, RELOADER, SESSION, STATE, STATS
+from gateway.http_client import HTTPClient
+from gateway.keys import ACCESS_LOG, CONFIG, HTTP, LIFECYCLE, RECORD, RELOADER, SESSION, STATE, STATS
 from gateway.limits import limits_backend_ctx
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
@@ -24,6 +25,9 @@ from gateway.middleware.validation import validation_middleware
 from gateway.state import GatewayState, Lifecycle
 
 log = logging.getLogger("opengateway")
+
+#: Idle upstream connections are closed after this long (below the usual servers' own timeouts).
+UPSTREAM_KEEPALIVE_S = 30.0
 
 #: The middleware chain, outermost first. This list is the only place the order is decided.
 MIDDLEWARES = (
@@ -37,25 +41,31 @@ MIDDLEWARES = (
 )
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    """One pooled ClientSession per app, and the providers built on it."""
-    config = app[CONFIG]
-    connector = aiohttp.TCPConnector(limit=config.server.upstream_pool_size, limit_per_host=0,
-                                     ttl_dns_cache=300, keepalive_timeout=30)
+async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
+    """The pooled upstream clients of an app, and the providers built on them: ``HTTP`` (the lean
+    client every built-in plugin's ``post_json`` uses) and ``SESSION`` (aiohttp, for plugins that
+    need more than a POST)."""
+    server = app[CONFIG].server
+    http = HTTPClient(limit=server.upstream_pool_size, keepalive_s=UPSTREAM_KEEPALIVE_S,
+                      max_body_bytes=server.max_upstream_body_bytes)
+    connector = aiohttp.TCPConnector(limit=server.upstream_pool_size, limit_per_host=0,
+                                     ttl_dns_cache=300, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
     # read_bufsize: image answers are megabytes; a larger buffer means fewer, larger socket reads
     # and fewer pause/resume cycles than aiohttp's 64 KiB default.
     session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                                     auto_decompress=True, trust_env=False, read_bufsize=1 << 20)
-    provider.max_upstream_body_bytes = config.server.max_upstream_body_bytes
-    app[SESSION] = session
+    provider.max_upstream_body_bytes = server.max_upstream_body_bytes
+    app[HTTP], app[SESSION] = http, session
     try:
-        app[STATE] = GatewayState.build(config, session)
+        app[STATE] = GatewayState.build(app[CONFIG], session, http)
     except BaseException:
         await session.close()
+        await http.close()
         raise
     yield
     await app[STATE].registry.close()
     await session.close()
+    await http.close()
 
 
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -84,7 +94,7 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
     redact_server_logs()  # aiohttp logs malformed requests with their headers
     app[LIFECYCLE] = Lifecycle()
     app[RELOADER] = reload.Reloader(config_path)
-    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_upstream_clients)
     app.cleanup_ctx.append(reload.reloader_ctx)  # cleaned up first: retired providers, then the session
     app.cleanup_ctx.append(limits_backend_ctx)
     app.on_response_prepare.append(_request_id_header)

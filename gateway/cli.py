@@ -68,11 +68,12 @@ def _check_plugins(config: Config) -> None:
     """Build the providers once, so that a bad plugin setting stops the supervisor, not every worker."""
     import aiohttp
 
+    from gateway.http_client import HTTPClient
     from gateway.registry import Registry
 
     async def build() -> None:
         async with aiohttp.ClientSession() as session:
-            await Registry.build(config, session).close()
+            await Registry.build(config, session, HTTPClient()).close()
     asyncio.run(build())
 
 
@@ -134,6 +135,7 @@ def _print_problems(exc: ConfigError) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     import aiohttp
 
+    from gateway.http_client import HTTPClient
     from gateway.registry import Registry
 
     try:
@@ -141,7 +143,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
         async def build() -> None:
             async with aiohttp.ClientSession() as session:
-                await Registry.build(config, session).close()
+                await Registry.build(config, session, HTTPClient()).close()
         asyncio.run(build())
     except ConfigError as exc:
         try:

@@ -62,6 +62,8 @@ class RequestRecord(msgspec.Struct, kw_only=True):
 # Application state.
 STATE = web.AppKey("state", "GatewayState")
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+#: The providers' pooled upstream client (gateway/http_client.py).
+HTTP = web.AppKey("http", "HTTPClient")
 
 # Request state.
 RECORD = web.RequestKey("record", RequestRecord)

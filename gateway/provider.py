@@ -2,7 +2,8 @@
 
 A provider plugin is a class registered in the ``opengateway.providers`` entry-point group.
 The gateway builds one instance per configured provider instance, with that instance's
-``Settings`` and the app's shared ``aiohttp.ClientSession``. A plugin translates one
+``Settings`` and the app's shared ``aiohttp.ClientSession``, then gives it ``http``, the
+gateway's lean pooled HTTP/1.1 client (gateway/http_client.py) for ``post_json``. A plugin translates one
 ``ImageRequest`` into one upstream call: it never retries, never falls back and never
 touches metrics (the router and the middleware do).
 """
@@ -17,6 +18,7 @@ import aiohttp
 import msgspec
 
 from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
+from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError
 
 # The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
 # keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
@@ -135,6 +137,10 @@ class Provider(abc.ABC):
     #: msgspec Struct describing one configured instance's ``settings:`` block.
     Settings: ClassVar[type[msgspec.Struct]]
 
+    #: The gateway's pooled HTTP/1.1 client, set by the gateway right after ``__init__``: pass
+    #: it to ``post_json``. ``session`` (aiohttp) stays for calls that need more than a POST.
+    http: HTTPClient
+
     def __init__(self, settings: Any, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self.session = session
@@ -228,18 +234,28 @@ def pass_through(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k in PASS_THROUGH_HEADERS if (v := headers.get(k)) is not None}
 
 
-async def post_json(session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], *,
-                    upstream: str, params: Mapping[str, str] | None = None
+async def post_json(client: HTTPClient | aiohttp.ClientSession, url: str, body: bytes,
+                    headers: Mapping[str, str], *, upstream: str, params: Mapping[str, str] | None = None
                     ) -> tuple[int, Mapping[str, str], bytes]:
-    """POST a JSON body and read the whole answer (bounded by ``read_body``): the status, headers
-    and body. A transport failure becomes a retryable ProviderError naming ``upstream``. No timer
-    of its own: the router bounds every attempt with its ``timeout_s``."""
+    """POST a JSON body and read the whole answer, bounded by ``server.max_upstream_body_bytes``:
+    the status, headers (case-insensitive) and body. ``client`` is ``Provider.http`` (or an
+    aiohttp session). A transport failure becomes a retryable ProviderError naming ``upstream``.
+    No timer of its own: the router bounds every attempt with its ``timeout_s``."""
     try:
-        async with session.post(url, params=params, data=body, headers=headers) as resp:
+        if isinstance(client, HTTPClient):
+            return await client.post(url, body, headers, params)
+        async with client.post(url, params=params, data=body, headers=headers) as resp:
             return resp.status, resp.headers, await read_body(resp)
-    except asyncio.TimeoutError:  # a timeout configured on the session itself
+    except ResponseTooLarge as exc:
+        size = f" ({exc.size} bytes)" if exc.size is not None else ""
+        raise ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
+                            status=502, code="upstream_response_too_large", retryable=False) from None
+    except asyncio.TimeoutError:  # a timeout configured on an aiohttp session itself
         raise ProviderError(f"{upstream} did not answer in time.", code="timeout", timeout=True,
                             retryable=True) from None
-    except aiohttp.ClientError as exc:
+    except UpstreamProtocolError as exc:
+        raise ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",
+                            retryable=True) from None
+    except (aiohttp.ClientError, OSError) as exc:
         raise ProviderError(f"Could not reach {upstream}: {type(exc).__name__}.", code="connection_error",
                             retryable=True) from None

@@ -15,6 +15,7 @@ import msgspec
 from gateway.catalog import Capabilities, Price, openai_image_models
 from gateway.config import Config, ConfigError, Problem, validation_problem
 from gateway.errors import InvalidRequest, model_not_found
+from gateway.http_client import HTTPClient
 from gateway.plugins import provider_class
 from gateway.provider import Provider
 
@@ -53,7 +54,7 @@ class Registry:
         self.aliases = config.aliases
 
     @classmethod
-    def build(cls, config: Config, session: aiohttp.ClientSession) -> "Registry":
+    def build(cls, config: Config, session: aiohttp.ClientSession, http: HTTPClient) -> "Registry":
         """Instantiate every provider instance and the model table; ConfigError on any problem."""
         problems: list[Problem] = []
         providers: dict[str, Provider] = {}
@@ -71,7 +72,8 @@ class Registry:
                 problems.append(validation_problem(exc, f"{path}.settings"))
                 continue
             try:
-                providers[inst.id] = plugin(settings, session)
+                instance = providers[inst.id] = plugin(settings, session)
+                instance.http = http
             except Exception as exc:
                 problems.append(Problem(path, f"plugin '{inst.plugin}' refused its settings: {exc}"))
                 continue

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.config import ConfigError, Problem, load_config
 from gateway.errors import InvalidRequest, PermissionDenied, Unauthorized
-from gateway.keys import RELOADER, SESSION, STATE
+from gateway.keys import HTTP, RELOADER, SESSION, STATE
 from gateway.middleware import public
 from gateway.middleware.auth import bearer_token, key_digest
 from gateway.registry import Registry
@@ -51,7 +51,7 @@ class Reloader:
         async with self._lock:
             try:
                 config = load_config(self.config_path)
-                state = GatewayState.build(config, app[SESSION])
+                state = GatewayState.build(config, app[SESSION], app[HTTP])
             except ConfigError as exc:
                 log.error("config reload refused, the running config stays: %s", exc)
                 return exc.problems

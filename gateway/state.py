@@ -9,6 +9,7 @@ from __future__ import annotations
 import aiohttp
 
 from gateway.config import Config, KeyConfig
+from gateway.http_client import HTTPClient
 from gateway.registry import Registry
 from gateway.router import Router
 
@@ -24,8 +25,8 @@ class GatewayState:
             self.keys_by_digest[digest] = (digest, key)
 
     @classmethod
-    def build(cls, config: Config, session: aiohttp.ClientSession) -> "GatewayState":
-        return cls(config, Registry.build(config, session), Router(config.router))
+    def build(cls, config: Config, session: aiohttp.ClientSession, http: HTTPClient) -> "GatewayState":
+        return cls(config, Registry.build(config, session, http), Router(config.router))
 
 
 class Lifecycle:

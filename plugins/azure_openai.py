@@ -104,7 +104,7 @@ class AzureOpenAIProvider(Provider):
         _refuse_unsupported(request)
         # The deployment form ignores the body's model; the v1 form needs the deployment there.
         body = request.openai_body(deployment)
-        status, headers, raw = await post_json(self.session, self.url(deployment), body, self.headers,
+        status, headers, raw = await post_json(self.http, self.url(deployment), body, self.headers,
                                                upstream="Azure OpenAI", params=self.params)
         if not 200 <= status < 300:
             error = azure_error(status, raw, headers)

@@ -1,7 +1,7 @@
 """The ``openai`` provider: OpenAI's Images API (or any server that speaks it) over HTTP.
 
 Sends the request with the bare model name (``openai/gpt-image-2`` -> ``gpt-image-2``) through
-the gateway's shared, pooled ClientSession, and turns every non-2xx answer into a
+the gateway's pooled upstream client (``Provider.http``), and turns every non-2xx answer into a
 ProviderError in OpenAI's error shape.
 """
 
@@ -47,7 +47,7 @@ class OpenAIProvider(Provider):
 
     async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
         body = request.openai_body(request.model.partition("/")[2])
-        status, headers, raw = await post_json(self.session, self.url, body, self.headers, upstream="OpenAI")
+        status, headers, raw = await post_json(self.http, self.url, body, self.headers, upstream="OpenAI")
         if not 200 <= status < 300:
             raise error_from_openai(status, raw, headers)
         return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"), headers=pass_through(headers))

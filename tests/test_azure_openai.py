@@ -10,6 +10,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
+from gateway.http_client import HTTPClient
 from gateway.registry import Registry
 from plugins.azure_openai import AzureOpenAISettings, azure_error
 from tests.conftest import AUTH, GATEWAY_KEY, key_hash
@@ -149,7 +150,7 @@ async def test_bad_settings_are_config_problems(settings: dict[str, Any], fragme
         {"id": "az", "plugin": "azure_openai", "settings": {**base, **settings}}]}).decode(), env={})
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ConfigError) as caught:
-            Registry.build(config, session)
+            Registry.build(config, session, HTTPClient())
     [problem] = caught.value.problems
     assert problem.path.startswith("$.providers[0].settings")
     assert fragment in problem.message

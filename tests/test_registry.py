@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError
+from gateway.http_client import HTTPClient
 from tests.conftest import AUTH
 from tests.fake_upstream import error
 
@@ -62,7 +63,7 @@ def test_target_must_serve_its_model(make_config: Any, upstream: Any) -> None:
     async def build() -> None:
         import aiohttp
         async with aiohttp.ClientSession() as session:
-            GatewayState.build(config, session)
+            GatewayState.build(config, session, HTTPClient())
 
     import asyncio
     with pytest.raises(ConfigError) as info:
@@ -84,7 +85,7 @@ def test_operator_capabilities_vouch_for_an_unknown_model(make_config: Any) -> N
 
     async def build() -> GatewayState:
         async with aiohttp.ClientSession() as session:
-            return GatewayState.build(config, session)
+            return GatewayState.build(config, session, HTTPClient())
 
     state = asyncio.run(build())
     assert state.registry.models["acme/painter"].capabilities.max_n == 2

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.keys import SESSION
+from gateway.keys import HTTP
 from tests import fake_upstream as fu
 from tests.conftest import AUTH, base_config_yaml, eventually, in_flight
 
@@ -56,8 +56,7 @@ async def _request_and_check_cleanup(client: TestClient) -> tuple[int, dict[str,
                              headers=AUTH)
     assert warm.status == 200
     await warm.read()
-    connector = client.server.app[SESSION].connector
-    assert connector is not None
+    http = client.server.app[HTTP]
     tasks_before = len(asyncio.all_tasks())
     gauge_before = in_flight()
     async with asyncio.timeout(HUNG_AFTER_S):
@@ -65,7 +64,7 @@ async def _request_and_check_cleanup(client: TestClient) -> tuple[int, dict[str,
         body = await resp.json()
     assert await settle(lambda: len(asyncio.all_tasks()) <= tasks_before), \
         f"tasks: {len(asyncio.all_tasks())} after, {tasks_before} before"
-    assert await settle(lambda: not connector._acquired), "an upstream connection is still checked out"
+    assert await settle(lambda: http.in_use == 0), "an upstream connection is still checked out"
     assert in_flight() == gauge_before
     return resp.status, body, resp.headers
 
@@ -150,7 +149,7 @@ async def test_connection_refused(aiohttp_client: Callable[..., Awaitable[TestCl
     attempts = body["extra"]["routing"]["attempts"]
     assert attempts and all(a["status"] == "failed" and a["error_code"] == "connection_error" for a in attempts)
     assert in_flight() == gauge_before
-    assert not client.server.app[SESSION].connector._acquired  # type: ignore[union-attr]
+    assert client.server.app[HTTP].in_use == 0
 
 
 async def test_429_with_retry_after_beyond_the_deadline(gateway: TestClient, fake: fu.FakeUpstream) -> None:

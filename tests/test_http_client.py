@@ -1,0 +1,247 @@
+"""gateway/http_client.py against a scripted raw-socket server on loopback: the exact bytes an
+upstream may send (keep-alive, close, chunked, gzip, garbage, too much), and a real TLS one."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+from typing import Callable
+
+import pytest
+import trustme
+
+from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nx-request-id: r1\r\n\r\n{\"ok\":true}"
+
+
+class Scripted:
+    """A server answering each request with the next script entry (bytes, or a callable that
+    gets the writer); counts connections and records every request head and body."""
+
+    def __init__(self, *answers: bytes | Callable[[asyncio.StreamWriter], object]) -> None:
+        self.answers = list(answers)
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, tls: ssl.SSLContext | None = None) -> "Scripted":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                self.requests.append((head, await reader.readexactly(length)))
+                answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+                if callable(answer):
+                    result = answer(writer)
+                    if asyncio.iscoroutine(result):
+                        await result
+                    if writer.is_closing():
+                        return
+                else:
+                    writer.write(answer)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def serve() -> object:
+    servers: list[Scripted] = []
+
+    async def start(*answers: bytes | Callable[[asyncio.StreamWriter], object]) -> Scripted:
+        servers.append(await Scripted(*answers).start())
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        await s.stop()
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_a_proper_request(serve) -> None:
+    server = await serve(OK)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/v1/images/generations"
+    for _ in range(5):
+        status, headers, body = await client.post(url, b'{"a":1}', {"Authorization": "Bearer k"},
+                                                  params={"api-version": "2025-04-01"})
+        assert (status, body, headers["X-Request-Id"]) == (200, b'{"ok":true}', "r1")
+    assert server.connections == 1
+    head, sent = server.requests[0]
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/images/generations?api-version=2025-04-01 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}" in lines and "Authorization: Bearer k" in lines
+    assert "Content-Length: 7" in lines and sent == b'{"a":1}'
+    await client.close()
+
+
+async def test_connection_close_is_not_reused(serve) -> None:
+    server = await serve(OK.replace(b"Content-Length: 11\r\n", b"Content-Length: 11\r\nConnection: close\r\n"))
+    client = HTTPClient()
+    for _ in range(3):
+        assert (await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}))[0] == 200
+    assert server.connections == 3
+    await asyncio.sleep(0.01)
+    assert client.open_connections == 0
+    await client.close()
+
+
+async def test_chunked_gzip_and_until_eof_bodies(serve) -> None:
+    payload = b'{"data":[{"b64_json":"' + b"A" * 50_000 + b'"}]}'
+    packed = gzip.compress(payload)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(packed[i:i + 1000]), packed[i:i + 1000]) for i in range(0, len(packed), 1000)) + b"0\r\n\r\n"
+
+    def until_eof(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + payload)
+        writer.close()
+
+    server = await serve(chunked, until_eof)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    status, headers, body = await client.post(url, b"{}", {})
+    assert (status, body) == (200, payload) and "Content-Encoding" not in headers
+    status, _, body = await client.post(url, b"{}", {})
+    assert (status, body) == (200, payload)
+    await client.close()
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_an_answer_over_the_limit_is_refused_and_its_connection_dropped(serve, declared: bool) -> None:
+    big = b"x" * 100_000
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big) if declared else
+              b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+              b"".join(b"4000\r\n" + big[:0x4000] + b"\r\n" for _ in range(6)) + b"0\r\n\r\n")
+    server = await serve(answer)
+    client = HTTPClient(max_body_bytes=65_536)
+    with pytest.raises(ResponseTooLarge):
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"", {})
+    await asyncio.sleep(0.01)
+    assert (client.in_use, client.open_connections) == (0, 0)
+    await client.close()
+
+
+@pytest.mark.parametrize("answer", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n"],
+                         ids=["not http", "bad content-length"])
+async def test_garbage_is_a_protocol_error(serve, answer: bytes) -> None:
+    server = await serve(answer)
+    client = HTTPClient()
+    with pytest.raises(UpstreamProtocolError):
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"", {})
+    assert client.in_use == 0
+    await client.close()
+
+
+async def test_reset_before_and_during_the_answer(serve) -> None:
+    def hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    def half(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"data\":")
+        writer.close()
+
+    server = await serve(hang_up, half, OK)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    for _ in range(2):
+        with pytest.raises(ConnectionResetError):
+            await client.post(url, b"", {})
+    assert (await client.post(url, b"", {}))[0] == 200  # a fresh connection after the failures
+    await client.close()
+
+
+async def test_an_idle_connection_the_upstream_closed_is_replaced(serve) -> None:
+    def answer_then_close(writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)  # says keep-alive, then closes anyway while idle
+        asyncio.get_running_loop().call_later(0.02, writer.close)
+
+    server = await serve(answer_then_close)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    assert (await client.post(url, b"", {}))[0] == 200
+    await asyncio.sleep(0.1)
+    assert client.open_connections == 0
+    assert (await client.post(url, b"", {}))[0] == 200
+    assert server.connections == 2
+    await client.close()
+
+
+async def test_pool_limit_queues_requests_and_cancellation_frees_the_slot(serve) -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.1)
+        writer.write(OK)
+
+    server = await serve(slow)
+    client = HTTPClient(limit=2)
+    url = f"http://127.0.0.1:{server.port}/x"
+    results = await asyncio.gather(*(client.post(url, b"", {}) for _ in range(6)))
+    assert [r[0] for r in results] == [200] * 6
+    assert server.connections == 2 and client.open_connections == 2
+
+    stuck = asyncio.create_task(client.post(url, b"", {}))
+    await asyncio.sleep(0.02)
+    stuck.cancel()  # a router timeout or a client that left: the connection is aborted, not reused
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    await asyncio.sleep(0.01)
+    assert client.in_use == 0 and client.open_connections == 1
+    assert (await client.post(url, b"", {}))[0] == 200
+    await client.close()
+
+
+async def test_idle_connections_are_closed_after_keepalive(serve) -> None:
+    server = await serve(OK)
+    client = HTTPClient(keepalive_s=0.05)
+    assert (await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}))[0] == 200
+    assert client.open_connections == 1
+    await asyncio.sleep(0.2)
+    assert client.open_connections == 0
+    await client.close()
+
+
+async def test_header_injection_is_refused(serve) -> None:
+    server = await serve(OK)
+    client = HTTPClient()
+    with pytest.raises(ValueError):
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"", {"X-A": "1\r\nX-Injected: 2"})
+    assert server.requests == [] and client.in_use == 0
+    await client.close()
+
+
+async def test_tls_with_certificate_verification(tmp_path: object) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server = await Scripted(OK).start(tls=server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    client = HTTPClient(ssl_context=trusting)
+    for _ in range(2):
+        status, _, body = await client.post(f"https://localhost:{server.port}/v1/x", b"{}", {})
+        assert (status, body) == (200, b'{"ok":true}')
+    assert server.connections == 1
+    await client.close()
+    # The default context does not trust the test CA: the handshake must fail, not fall back.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await HTTPClient().post(f"https://localhost:{server.port}/v1/x", b"{}", {})
+    await server.stop()
