@@ -1,4 +1,5 @@
-"""The benchmark's table: medians, ratios against nginx and direct, PASS/MISS, notes."""
+"""The benchmark's table: medians, ratios against nginx, the bare aiohttp proxy and direct,
+PASS/MISS, notes."""
 
 from __future__ import annotations
 
@@ -76,26 +77,35 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         label = (f"S1 1 KB, {s.s1_conns} conns" if sc == "S1" else f"S3 2 MB, {s.s3_conns} conns")
         rps = {t: col(sc, t, "rps") for t in TARGETS}
         gn, gd = ratio(sc, "rps", "gateway", "nginx"), ratio(sc, "rps", "gateway", "direct")
+        ga, an = ratio(sc, "rps", "gateway", "aiohttp"), ratio(sc, "rps", "aiohttp", "nginx")
         nd = ratio(sc, "rps", "nginx", "direct")
         thr = 0.40 if sc == "S1" else 0.65
         gw_errs = errs(sc, "gateway") if "gateway" in targets else 0
         ok = None if gn is None else (gn >= thr and gw_errs == 0)
-        rows.append([label, "req/s", fmt_num(rps["direct"]), fmt_num(rps["nginx"]),
-                     fmt_num(rps["gateway"]), fmt_num(gn, 2), fmt_num(gd, 2),
-                     f">= {thr:.2f} x nginx", judge(ok, f"{sc} req/s")])
+        rows.append([label, "req/s", *(fmt_num(rps[t]) for t in TARGETS), fmt_num(gn, 2), fmt_num(ga, 2),
+                     fmt_num(gd, 2), f">= {thr:.2f} x nginx", judge(ok, f"{sc} req/s")])
+        if sc == "S1":
+            # The issue's reasoning behind 0.40 x nginx: a bare aiohttp proxy makes ~0.54 x nginx,
+            # and the gateway should keep three quarters of it with every feature on.
+            rows.append([label, "req/s", "", "", "", "", "", fmt_num(ga, 2), "", ">= 0.75 x aiohttp",
+                         judge(None if ga is None else ga >= 0.75 and gw_errs == 0, "S1 req/s vs aiohttp")])
+            if an is not None:
+                notes.append(f"S1: the bare aiohttp proxy makes {an:.2f} x nginx here (the issue's machine: "
+                             f"about 0.54), so 0.40 x nginx asks for {0.40 / an:.2f} x the bare aiohttp floor")
         med[sc] = {"rps": rps, "gateway_over_nginx": gn, "gateway_over_direct": gd,
-                   "nginx_over_direct": nd}
+                   "gateway_over_aiohttp": ga, "aiohttp_over_nginx": an, "nginx_over_direct": nd}
         if sc == "S1":
             p50 = {t: col(sc, t, "p50_us") for t in TARGETS}
             p99 = {t: col(sc, t, "p99_us") for t in TARGETS}
             rows.append([label, "p50 / p99 ms"] + [
                 "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in TARGETS]
-                + ["", "", "", ""])
+                + ["", "", "", "", ""])
             med[sc].update(p50_us=p50, p99_us=p99)
         else:
             mb = {t: col(sc, t, "mbps") for t in TARGETS}
-            rows.append([label, "MB/s", fmt_num(mb["direct"]), fmt_num(mb["nginx"]),
-                         fmt_num(mb["gateway"]), fmt_num(ratio(sc, "mbps", "gateway", "nginx"), 2),
+            rows.append([label, "MB/s", *(fmt_num(mb[t]) for t in TARGETS),
+                         fmt_num(ratio(sc, "mbps", "gateway", "nginx"), 2),
+                         fmt_num(ratio(sc, "mbps", "gateway", "aiohttp"), 2),
                          fmt_num(ratio(sc, "mbps", "gateway", "direct"), 2), "", ""])
             med[sc]["mbps"] = mb
         for t in targets:
@@ -108,25 +118,25 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         p99 = {t: col("S2", t, "p99_us") for t in TARGETS}
         rows.append([label, "p50 / p99 ms"] + [
             "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in TARGETS]
-            + ["", "", "", ""])
+            + ["", "", "", "", ""])
 
         def added(t: str, key: str) -> float | None:
             if t not in targets or "direct" not in targets:
                 return None
             return median([r["S2"][t][key] - r["S2"]["direct"][key] for r in rounds if "S2" in r])
 
-        a50 = {t: added(t, "p50_us") for t in ("nginx", "gateway")}
-        a99 = {t: added(t, "p99_us") for t in ("nginx", "gateway")}
+        a50 = {t: added(t, "p50_us") for t in ("nginx", "aiohttp", "gateway")}
+        a99 = {t: added(t, "p99_us") for t in ("nginx", "aiohttp", "gateway")}
 
         def fa(v: float | None) -> str:
             return "-" if v is None else f"{v / 1000:+.3f}"
 
-        rows.append([label, "added p50 ms", "-", fa(a50["nginx"]), fa(a50["gateway"]), "", "",
-                     "<= 0.35 ms", judge(None if a50["gateway"] is None else
+        rows.append([label, "added p50 ms", "-", fa(a50["nginx"]), fa(a50["aiohttp"]), fa(a50["gateway"]),
+                     "", "", "", "<= 0.35 ms", judge(None if a50["gateway"] is None else
                                          a50["gateway"] <= 350 and errs("S2", "gateway") == 0,
                                          "S2 added p50")])
-        rows.append([label, "added p99 ms", "-", fa(a99["nginx"]), fa(a99["gateway"]), "", "",
-                     "<= 1 ms", judge(None if a99["gateway"] is None else a99["gateway"] <= 1000,
+        rows.append([label, "added p99 ms", "-", fa(a99["nginx"]), fa(a99["aiohttp"]), fa(a99["gateway"]),
+                     "", "", "", "<= 1 ms", judge(None if a99["gateway"] is None else a99["gateway"] <= 1000,
                                       "S2 added p99")])
         med["S2"] = {"p50_us": p50, "p99_us": p99, "added_p50_us": a50, "added_p99_us": a99}
         for t in targets:
@@ -147,10 +157,10 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
             return fmt_num(s4[t][key] / 1e6)
 
         gw = s4.get("gateway")
-        rows.append([label, "errors", "-", cell("nginx", "errors"), cell("gateway", "errors"), "", "",
+        rows.append([label, "errors", "-", cell("nginx", "errors"), "-", cell("gateway", "errors"), "", "", "",
                      "0", judge(None if gw is None else gw["errors"] == 0, "S4 errors")])
-        rows.append([label, "peak RSS MB", "-", cell("nginx", "peak_rss"), cell("gateway", "peak_rss"),
-                     "", "", "<= 300 MB",
+        rows.append([label, "peak RSS MB", "-", cell("nginx", "peak_rss"), "-", cell("gateway", "peak_rss"),
+                     "", "", "", "<= 300 MB",
                      judge(None if gw is None else gw["peak_rss"] <= 300e6, "S4 peak RSS")])
         med["S4"] = {t: {k: v for k, v in d.items()} for t, d in s4.items()}
         if s.s4_cap_reason:
@@ -164,12 +174,12 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
     if s5:
         label = f"S5 soak {s5['soak_requests']:,} x 2 MB"
         g = s5["growth"]
-        rows.append([label, "RSS warm -> end MB", "-", "-",
+        rows.append([label, "RSS warm -> end MB", "-", "-", "-",
                      f"{s5['rss_after_warmup'] / 1e6:.0f} -> {s5['rss_end'] / 1e6:.0f} ({g * 100:+.1f} %)",
-                     "", "", "<= +10 %",
+                     "", "", "", "<= +10 %",
                      judge(g is not None and g <= 0.10 and s5["errors"] == 0, "S5 RSS growth")])
-        rows.append(["S5 idle (fresh start)", "RSS MB", "-", "-", f"{s5['idle_rss'] / 1e6:.1f}", "", "",
-                     "<= 60 MB", judge(s5["idle_rss"] <= 60e6, "S5 idle RSS")])
+        rows.append(["S5 idle (fresh start)", "RSS MB", "-", "-", "-", f"{s5['idle_rss'] / 1e6:.1f}", "", "",
+                     "", "<= 60 MB", judge(s5["idle_rss"] <= 60e6, "S5 idle RSS")])
         med["S5"] = {k: v for k, v in s5.items() if k != "samples"}
         if s5["errors"]:
             notes.append(f"S5: {s5['errors']} errors (socket errors + non-2xx)")
@@ -183,10 +193,10 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
 
 
 def render(rows: list[list[str]]) -> str:
-    head = ["scenario", "metric", "direct", "nginx", "gateway", "gw/nginx", "gw/direct", "target",
-            "result"]
+    head = ["scenario", "metric", "direct", "nginx", "aiohttp", "gateway", "gw/nginx", "gw/aiohttp",
+            "gw/direct", "target", "result"]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    right = {2, 3, 4, 5, 6}
+    right = {2, 3, 4, 5, 6, 7, 8}
 
     def line(r: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)

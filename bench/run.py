@@ -93,7 +93,7 @@ from pathlib import Path
 from typing import Any
 
 # The rest of the benchmark, beside this file (run as a script, bench/ is on sys.path).
-from procs import (BENCH_KEY, FAKE_UPSTREAM, MODEL, REPO_DIR, SCENARIOS, T0, TARGETS, HarnessError, LoadWatcher,
+from procs import (BARE_PROXY, BENCH_KEY, FAKE_UPSTREAM, MODEL, REPO_DIR, SCENARIOS, T0, TARGETS, HarnessError, LoadWatcher,
                    Procs, RssSampler, cpu_model, ensure_tools, free_ports, http_request, log, post_images,
                    raise_nofile, rss_tree, tail, tool_version, tree_pids, wait_until)
 from report import header, render, summarize
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
                     help="fake upstream processes per upstream (SO_REUSEPORT; default 1)")
     ap.add_argument("--json", metavar="FILE", help="write every raw measurement and the medians")
     ap.add_argument("--only", default=",".join(TARGETS),
-                    help="targets to run, comma-separated subset of direct,nginx,gateway")
+                    help="targets to run, comma-separated subset of direct,nginx,aiohttp,gateway")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="scenarios to run, comma-separated subset of S1..S5")
     ap.add_argument("--duration-s", type=int, help="seconds per S1/S3 measurement (default 10)")
@@ -267,6 +267,7 @@ class Bench:
             "slow": Upstream("slow", s.small_bytes, s.s4_delay_s),
         }
         self.nginx_ports: dict[str, int] = {}
+        self.bare_ports: dict[str, int] = {}
         self.nginx_proc: subprocess.Popen[bytes] | None = None
         self.gateways: dict[str, Gateway] = {}
         self.env = dict(os.environ)
@@ -347,6 +348,23 @@ class Bench:
                     raise HarnessError(f"nginx ({name}) answered {status}: {body[:300]!r}\n"
                                        f"{tail(prefix / 'error.log')}")
 
+    def start_bare_proxies(self, names: set[str]) -> None:
+        """bench/bare_proxy.py per profile: the floor of any aiohttp + msgspec proxy."""
+        procs = {}
+        for name in sorted(names):
+            port = self.bare_ports[name] = free_ports(1)[0]
+            argv = [sys.executable, str(BARE_PROXY), "--port", str(port),
+                    "--upstream", f"http://127.0.0.1:{self.upstreams[name].port}"]
+            procs[name] = self.procs.start(f"aiohttp proxy {name}", argv, self.tmp / f"aiohttp-{name}.log",
+                                           env=self.env)
+        for name, proc in procs.items():
+            wait_until(f"aiohttp proxy {name}",
+                       lambda name=name: "READY" in (self.tmp / f"aiohttp-{name}.log").read_text(),
+                       self.procs, proc, 30)
+            status, body = post_images(self.bare_ports[name])
+            if status != 200:
+                raise HarnessError(f"aiohttp proxy ({name}) answered {status}: {body[:300]!r}")
+
     def start_gateway(self, name: str, upstream: Upstream) -> Gateway:
         g = Gateway(name, upstream, port=free_ports(1)[0])
         g.conf = self.tmp / f"gateway-{name}.yaml"
@@ -391,6 +409,8 @@ class Bench:
             return self.upstreams[profile].port
         if target == "nginx":
             return self.nginx_ports[profile]
+        if target == "aiohttp":
+            return self.bare_ports[profile]
         return self.gateways[profile].port
 
     def rounds(self) -> None:
@@ -517,6 +537,9 @@ class Bench:
         if "nginx" in self.targets:
             nginx_profiles = {p for p in profiles if not (p == "large" and not {"S3"} & set(self.scenarios))}
             self.start_nginx(nginx_profiles, nofile)
+        if "aiohttp" in self.targets:
+            self.start_bare_proxies({p for p in profiles if p in ("small", "large")
+                                     and (p == "small" or "S3" in self.scenarios)})
         if "gateway" in self.targets:
             wanted = []
             if {"S1", "S2"} & set(self.scenarios):

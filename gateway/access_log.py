@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 from aiohttp import web
@@ -58,18 +58,31 @@ class LogLine(msgspec.Struct, omit_defaults=True):
     prompt: str | None = None
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def _timestamp(at: float) -> str:
+    """RFC 3339 UTC with milliseconds; the seconds part is formatted once per second."""
+    second = int(at)
+    if _second[0] != second:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int((at - second) * 1000):03d}Z"
+
+
 def line_of(record: RequestRecord, prompt: str | None = None) -> LogLine:
     usage, cost = record.usage, record.cost
     status = record.status
+    attempts = record.attempts
     return LogLine(
-        ts=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.started_at)) + f".{int(record.started_at % 1 * 1000):03d}Z",
+        ts=_timestamp(record.started_at),
         level="error" if status >= 500 else "warning" if status >= 400 else "info",
         request_id=record.request_id, method=record.method, route=record.route, status=status,
         latency_ms=round(record.duration_s * 1000, 3), upstream_latency_ms=round(record.upstream_s * 1000, 3),
         key_name=record.key_name, user_id=record.identity.user_id, session_id=record.identity.session_id,
         client_ip=record.client_ip, model_asked=record.model_asked, model=record.model,
         model_served=record.model_served, provider=record.provider, region=record.region,
-        attempts=sum(1 for a in record.attempts if a.status != "skipped"), images=record.images,
+        attempts=len(attempts) if len(attempts) == 1 and attempts[0].status != "skipped" else
+        sum(1 for a in attempts if a.status != "skipped"), images=record.images,
         input_tokens=usage.input_tokens if usage is not None else None,
         output_tokens=usage.output_tokens if usage is not None else None,
         cost_usd=cost.cost_usd if cost is not None else None,

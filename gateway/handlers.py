@@ -21,7 +21,7 @@ from gateway.validation import check_capabilities, reject_unknown, reject_unsupp
 
 
 def _allowed(model: str, globs: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(model, g) for g in globs)
+    return "*" in globs or any(fnmatch.fnmatchcase(model, g) for g in globs)  # "*" is the default
 
 
 def _forbidden(model: str, key: KeyConfig, as_fallback: bool = False) -> PermissionDenied:

@@ -207,6 +207,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
 
 
+def _expire(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else (zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
     d = zlib.decompressobj(wbits)
@@ -242,15 +247,23 @@ class HTTPClient:
         return self._open
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   params: Mapping[str, str] | None = None) -> tuple[int, CIMultiDictProxy[str], bytes]:
+                   params: Mapping[str, str] | None = None, timeout_s: float | None = None,
+                   ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """POST ``body`` with ``headers`` (Host, User-Agent, Content-Length are added) and return
-        status, headers and the whole (decompressed) body."""
+        status, headers and the whole (decompressed) body. ``timeout_s`` bounds the whole call
+        (waiting for a pooled connection included) with TimeoutError."""
         target = _target(url, urlencode(params) if params else "")
         request = b"".join((target.head, _header_block(headers).encode("latin-1"),
                             b"Content-Length: %d\r\n\r\n" % len(body), body))
-        conn = await self._acquire(target.origin)
         loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        conn = self._idle_connection(target.origin)
+        if conn is None:  # a new connection, or a wait for a free one: rare, so asyncio.timeout is fine
+            async with asyncio.timeout_at(deadline):
+                conn = await self._acquire(target.origin)
         waiter = conn.waiter = loop.create_future()
+        # A timer handle on the answer's future is cheaper than a Timeout context per request.
+        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
         try:
             assert conn.transport is not None
             conn.transport.write(request)
@@ -259,14 +272,19 @@ class HTTPClient:
             conn.waiter = None
             self._release(conn, reuse=False)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         conn.waiter = None
         self._release(conn, reuse=conn.reusable())
         return result
 
-    async def _acquire(self, origin: Origin) -> _Connection:
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
         if self._closed:
             raise ConnectionError("the upstream client is closed")
         idle = self._idle.get(origin)
+        if not idle:
+            return None
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: warmest, least likely to be timed out
@@ -275,6 +293,9 @@ class HTTPClient:
                 self._busy += 1
                 return conn
             conn.close()
+        return None
+
+    async def _acquire(self, origin: Origin) -> _Connection:
         while self.limit and self._open >= self.limit:
             # FIFO: woken by a release or a closed connection; a cancelled waiter passes its turn on
             ticket = asyncio.get_running_loop().create_future()

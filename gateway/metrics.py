@@ -10,11 +10,18 @@ empty (which Prometheus treats as absent) unless ``metrics.key_name_label`` is o
 Several workers on one port: set ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory) before this
 module is first imported; every process then writes its samples there and ``exposition()``
 merges them, so any worker's ``/metrics`` shows the totals of all of them.
+
+The hot path does not touch prometheus-client: ``observe()`` adds a finished request to a
+``Batch`` (dict arithmetic, no locks), and ``publish()`` moves the batch into the metrics, one
+``inc`` per series and one per histogram bucket. It runs before every scrape and every second
+in a single process; with several workers, at the end of each event-loop turn, so that a
+sibling's scrape (or this worker's sudden death) misses nothing that was answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hmac
 import logging
@@ -43,6 +50,8 @@ from gateway.middleware import public
 log = logging.getLogger("opengateway.metrics")
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Read once, as prometheus-client itself does when it picks its value class at import.
+MULTIPROCESS = MULTIPROCESS_ENV in os.environ
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
 
 # ``*_created`` series double the output and nothing here reads them.
@@ -56,6 +65,8 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 SIZE_BUCKETS = tuple(float(4 ** i * 256) for i in range(11))  # 256 B .. 256 MiB
 
 BREAKER_STATES = ("closed", "open", "half_open")
+#: The longest a single process keeps observations before they reach the metrics (``publish``).
+PUBLISH_INTERVAL_S = 1.0
 
 REQUESTS = Counter(
     "opengateway_requests", "HTTP requests answered, by route template, model and status code.",
@@ -147,44 +158,109 @@ _cost: Children[Any] = Children(COST)
 _cost_unknown: Children[Any] = Children(COST_UNKNOWN)
 _breaker: Children[Any] = Children(BREAKER_STATE)
 
+_Series = tuple[Children[Any], tuple[str, ...]]
+
+
+class Batch:
+    """Counter increments and histogram observations not yet published, by series."""
+
+    __slots__ = ("counts", "values")
+
+    def __init__(self) -> None:
+        self.counts: dict[_Series, float] = {}
+        self.values: dict[_Series, list[float]] = {}
+
+    def inc(self, metric: Children[Any], labels: tuple[str, ...], amount: float = 1.0) -> None:
+        series = (metric, labels)
+        self.counts[series] = self.counts.get(series, 0.0) + amount
+
+    def observe(self, metric: Children[Any], labels: tuple[str, ...], value: float) -> None:
+        series = (metric, labels)
+        values = self.values.get(series)
+        if values is None:
+            self.values[series] = [value]
+        else:
+            values.append(value)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.values)
+
+
+def _observe_all(child: Any, values: list[float]) -> None:
+    """``child.observe(v)`` for every value, as one ``inc`` per bucket touched plus one for the sum.
+    Reads prometheus-client's histogram layout (non-cumulative ``_buckets`` under ``_upper_bounds``,
+    ``_sum``; stable since its first releases, asserted by tests/test_metrics.py), and falls back
+    to plain ``observe`` should that layout ever change."""
+    bounds, buckets, total = (getattr(child, "_upper_bounds", None), getattr(child, "_buckets", None),
+                              getattr(child, "_sum", None))
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            child.observe(value)
+        return
+    per_bucket: dict[int, int] = {}
+    for value in values:
+        i = bisect.bisect_left(bounds, value)  # the first bound >= value, as observe() picks it
+        per_bucket[i] = per_bucket.get(i, 0) + 1
+    for i, count in per_bucket.items():
+        buckets[i].inc(count)
+    total.inc(sum(values))
+
+
+_batch = Batch()
+_publish_soon = False  # a publish() is scheduled for the end of this loop turn (several workers)
+
+
+def publish() -> None:
+    """Move everything observed so far into the prometheus-client metrics."""
+    global _batch, _publish_soon
+    batch, _batch, _publish_soon = _batch, Batch(), False
+    for (metric, labels), amount in batch.counts.items():
+        metric(*labels).inc(amount)
+    for (metric, labels), values in batch.values.items():
+        _observe_all(metric(*labels), values)
+
 
 def observe(record: RequestRecord, key_label: bool) -> None:
     """Count one finished request (the outermost middleware calls this once per request)."""
+    global _publish_soon
+    batch = _batch
     route, model = record.route, record.model or "none"
     key = (record.key_name or "") if key_label else ""
-    _requests(route, model, str(record.status), key).inc()
-    _duration(route, model).observe(record.duration_s)
+    batch.inc(_requests, (route, model, str(record.status), key))
+    batch.observe(_duration, (route, model), record.duration_s)
     if record.request_bytes:
-        _request_size(route).observe(record.request_bytes)
+        batch.observe(_request_size, (route,), record.request_bytes)
     if record.response_bytes:
-        _response_size(route).observe(record.response_bytes)
+        batch.observe(_response_size, (route,), record.response_bytes)
     if record.upstream_s > 0:
-        _overhead(route).observe(max(record.duration_s - record.upstream_s, 0.0))
+        batch.observe(_overhead, (route,), max(record.duration_s - record.upstream_s, 0.0))
     for attempt in record.attempts:
         labels = (attempt.provider, attempt.region, attempt.model, attempt.status)
-        _attempts(*labels).inc()
+        batch.inc(_attempts, labels)
         if attempt.status != "skipped":
-            _attempt_duration(*labels).observe(attempt.latency_ms / 1000)
+            batch.observe(_attempt_duration, labels, attempt.latency_ms / 1000)
     served = record.model_served
-    if served is None:  # no upstream answered; when one did, its images were paid for (even on a 499)
-        return
-    provider = record.provider or "none"
-    if served != model:
-        _fallbacks(model, served).inc()
-    if record.images:
-        _images(served, provider, key).inc(record.images)
-    tokens = record.tokens
-    if tokens is not None:
-        for token_type, modality, count in (("input", "text", tokens.input_text), ("input", "image", tokens.input_image),
-                                            ("output", "text", tokens.text_output),
-                                            ("output", "image", tokens.image_output)):
-            if count:
-                _tokens(served, provider, token_type, modality, key).inc(count)
-    cost = record.cost
-    if cost is not None and cost.cost_usd is not None:
-        _cost(served, provider, key).inc(cost.cost_usd)
-    else:
-        _cost_unknown(served).inc()
+    if served is not None:  # an upstream answered; its images were paid for (even on a 499)
+        provider = record.provider or "none"
+        if served != model:
+            batch.inc(_fallbacks, (model, served))
+        if record.images:
+            batch.inc(_images, (served, provider, key), record.images)
+        tokens = record.tokens
+        if tokens is not None:
+            for token_type, modality, count in (
+                    ("input", "text", tokens.input_text), ("input", "image", tokens.input_image),
+                    ("output", "text", tokens.text_output), ("output", "image", tokens.image_output)):
+                if count:
+                    batch.inc(_tokens, (served, provider, token_type, modality, key), count)
+        cost = record.cost
+        if cost is not None and cost.cost_usd is not None:
+            batch.inc(_cost, (served, provider, key), cost.cost_usd)
+        else:
+            batch.inc(_cost_unknown, (served,))
+    if not _publish_soon and MULTIPROCESS:
+        _publish_soon = True
+        asyncio.get_running_loop().call_soon(publish)
 
 
 def set_breaker_states(targets: Iterable[dict[str, Any]]) -> None:
@@ -202,7 +278,7 @@ _multiprocess_registry: CollectorRegistry | None = None
 def exposition() -> bytes:
     """The text format of every metric; merged across workers in multiprocess mode."""
     global _multiprocess_registry
-    if MULTIPROCESS_ENV not in os.environ:
+    if not MULTIPROCESS:
         return prometheus_client.generate_latest(REGISTRY)
     if _multiprocess_registry is None:
         _multiprocess_registry = CollectorRegistry()
@@ -221,6 +297,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     state = request.app.get(STATE)
     if state is not None:
         refresh_breakers(state)
+    publish()
     # Gathering is CPU work proportional to the series; it stays on the loop (milliseconds).
     return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
 
@@ -239,8 +316,9 @@ def refresh_breakers(state: Any) -> None:
 
 
 async def lifetime(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: keep the breaker gauge current. (``server.admin_port`` moves /metrics off the
-    API port; gateway/middleware/admin.py.)"""
+    """cleanup_ctx: keep the breaker gauge current, publish the batch every second (with several
+    workers ``observe`` also publishes at the end of each loop turn) and once more at shutdown.
+    (``server.admin_port`` moves /metrics off the API port; gateway/middleware/admin.py.)"""
     config = app[CONFIG].metrics
 
     async def refresh_forever() -> None:
@@ -250,11 +328,17 @@ async def lifetime(app: web.Application) -> AsyncIterator[None]:
                 refresh_breakers(state)
             await asyncio.sleep(config.breaker_refresh_s)
 
-    refresher = asyncio.create_task(refresh_forever()) if config.enabled else None
+    async def publish_forever() -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            publish()
+
+    tasks = [asyncio.create_task(refresh_forever()), asyncio.create_task(publish_forever())] if config.enabled else []
     try:
         yield
     finally:
-        if refresher is not None:
-            refresher.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+                await task
+        publish()

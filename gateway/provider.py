@@ -131,6 +131,9 @@ class ProviderError(Exception):
 class Provider(abc.ABC):
     """Base class of every provider plugin (built-in or third party)."""
 
+    #: True when ``generate`` never outlives its ``timeout_s`` (it hands it to ``post_json``): the
+    #: router then sets no timer of its own around the call. Leave it False if unsure.
+    bounds_its_time: ClassVar[bool] = False
     #: The contract version the plugin was written against. Third-party plugins declare it as a
     #: literal (``api_version = 1``): an inherited value would always match, defeating the check.
     api_version: ClassVar[int] = API_VERSION
@@ -235,23 +238,25 @@ def pass_through(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 async def post_json(client: HTTPClient | aiohttp.ClientSession, url: str, body: bytes,
-                    headers: Mapping[str, str], *, upstream: str, params: Mapping[str, str] | None = None
-                    ) -> tuple[int, Mapping[str, str], bytes]:
+                    headers: Mapping[str, str], *, upstream: str, params: Mapping[str, str] | None = None,
+                    timeout_s: float | None = None) -> tuple[int, Mapping[str, str], bytes]:
     """POST a JSON body and read the whole answer, bounded by ``server.max_upstream_body_bytes``:
     the status, headers (case-insensitive) and body. ``client`` is ``Provider.http`` (or an
-    aiohttp session). A transport failure becomes a retryable ProviderError naming ``upstream``.
-    No timer of its own: the router bounds every attempt with its ``timeout_s``."""
+    aiohttp session). ``timeout_s`` (``generate``'s) bounds the call. A transport failure or a
+    timeout becomes a retryable ProviderError naming ``upstream``."""
     try:
         if isinstance(client, HTTPClient):
-            return await client.post(url, body, headers, params)
-        async with client.post(url, params=params, data=body, headers=headers) as resp:
+            return await client.post(url, body, headers, params, timeout_s)
+        async with client.post(url, params=params, data=body, headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             return resp.status, resp.headers, await read_body(resp)
     except ResponseTooLarge as exc:
         size = f" ({exc.size} bytes)" if exc.size is not None else ""
         raise ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
                             status=502, code="upstream_response_too_large", retryable=False) from None
-    except asyncio.TimeoutError:  # a timeout configured on an aiohttp session itself
-        raise ProviderError(f"{upstream} did not answer in time.", code="timeout", timeout=True,
+    except asyncio.TimeoutError:
+        within = f" within {timeout_s:.3g} s" if timeout_s is not None else " in time"
+        raise ProviderError(f"{upstream} did not answer{within}.", code="timeout", timeout=True,
                             retryable=True) from None
     except UpstreamProtocolError as exc:
         raise ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",

@@ -223,9 +223,13 @@ class Router:
 
     async def _call(self, target: Target, request: ImageRequest, timeout_s: float
                     ) -> tuple[ImageResult, UpstreamImagesResponse]:
+        provider = target.provider
         try:
-            async with asyncio.timeout(timeout_s):  # a backstop for a plugin that ignores timeout_s
-                result = await target.provider.generate(request, timeout_s)
+            if provider.bounds_its_time:
+                result = await provider.generate(request, timeout_s)
+            else:
+                async with asyncio.timeout(timeout_s):  # a backstop for a plugin that may ignore timeout_s
+                    result = await provider.generate(request, timeout_s)
         except TimeoutError:
             raise ProviderError(f"The upstream did not answer within {timeout_s:.3g} s.",
                                 code="timeout", timeout=True, retryable=True) from None

@@ -75,6 +75,7 @@ def azure_capabilities(model_id: str) -> Capabilities:
 class AzureOpenAIProvider(Provider):
     api_version = 1
     Settings = AzureOpenAISettings
+    bounds_its_time = True  # post_json gets timeout_s
 
     def __init__(self, settings: AzureOpenAISettings, session: aiohttp.ClientSession) -> None:
         super().__init__(settings, session)
@@ -105,7 +106,8 @@ class AzureOpenAIProvider(Provider):
         # The deployment form ignores the body's model; the v1 form needs the deployment there.
         body = request.openai_body(deployment)
         status, headers, raw = await post_json(self.http, self.url(deployment), body, self.headers,
-                                               upstream="Azure OpenAI", params=self.params)
+                                               upstream="Azure OpenAI", params=self.params,
+                                               timeout_s=timeout_s)
         if not 200 <= status < 300:
             error = azure_error(status, raw, headers)
             if self._secret and self._secret in error.message:  # never echo our credential onwards

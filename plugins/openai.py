@@ -28,6 +28,7 @@ class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class OpenAIProvider(Provider):
     Settings = OpenAISettings
+    bounds_its_time = True  # post_json gets timeout_s
 
     def __init__(self, settings: OpenAISettings, session: aiohttp.ClientSession) -> None:
         super().__init__(settings, session)
@@ -47,7 +48,7 @@ class OpenAIProvider(Provider):
 
     async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
         body = request.openai_body(request.model.partition("/")[2])
-        status, headers, raw = await post_json(self.http, self.url, body, self.headers, upstream="OpenAI")
+        status, headers, raw = await post_json(self.http, self.url, body, self.headers, upstream="OpenAI", timeout_s=timeout_s)
         if not 200 <= status < 300:
             raise error_from_openai(status, raw, headers)
         return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"), headers=pass_through(headers))

@@ -245,3 +245,24 @@ async def test_tls_with_certificate_verification(tmp_path: object) -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
         await HTTPClient().post(f"https://localhost:{server.port}/v1/x", b"{}", {})
     await server.stop()
+
+
+async def test_timeout_bounds_the_answer_and_the_wait_for_a_connection(serve) -> None:
+    async def never(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await serve(never)
+    client = HTTPClient(limit=1)
+    url = f"http://127.0.0.1:{server.port}/x"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.create_task(client.post(url, b"", {}, timeout_s=0.2))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):  # queued behind the first for the only connection
+        await client.post(url, b"", {}, timeout_s=0.05)
+    with pytest.raises(TimeoutError):
+        await first
+    assert loop.time() - started < 1
+    await asyncio.sleep(0.01)
+    assert (client.in_use, client.open_connections) == (0, 0)  # the timed-out connection was dropped
+    await client.close()

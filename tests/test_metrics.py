@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY
@@ -199,3 +200,23 @@ models:
     samples = await scrape(client)
     assert total(samples, "opengateway_breaker_state", **labels, state="open") == 1
     assert total(samples, "opengateway_breaker_state", **labels, state="closed") == 0
+
+
+def test_a_published_batch_equals_observing_one_by_one() -> None:
+    """publish() increments prometheus-client's histogram buckets in bulk; the exposition must be
+    exactly what observe() per value gives, bucket edges included (values on a bound go in it)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gateway import metrics
+
+    values = [0.0, 0.0005, 0.0005, 0.0007, 0.001, 0.3, 1.0, 1.0000001, 5, 1e9, 0.024]
+    one, bulk = CollectorRegistry(), CollectorRegistry()
+    direct = Histogram("h", "h", ["route"], buckets=metrics.OVERHEAD_BUCKETS, registry=one)
+    batched = Histogram("h", "h", ["route"], buckets=metrics.OVERHEAD_BUCKETS, registry=bulk)
+    for v in values:
+        direct.labels("/x").observe(v)
+    child = batched.labels("/x")
+    assert hasattr(child, "_upper_bounds") and hasattr(child, "_buckets") and hasattr(child, "_sum"), \
+        "prometheus-client's histogram layout changed: publish() now takes its slow path"
+    metrics._observe_all(child, values)
+    assert generate_latest(bulk) == generate_latest(one)

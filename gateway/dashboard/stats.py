@@ -64,7 +64,8 @@ class Stats:
         self.providers: dict[str, ProviderRow] = {}
         self.users: dict[str, Row] = {}
         self.sessions: dict[str, Row] = {}
-        self.recent: collections.deque[Recent] = collections.deque(maxlen=recent_requests)
+        #: The records themselves (nothing mutates a finished one); ``recent_requests()`` shapes them.
+        self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=recent_requests)
         self.durations_s: collections.deque[float] = collections.deque(maxlen=2000)
         #: (bucket start, requests, errors) per 10 s over the last 10 minutes.
         self.window: collections.deque[list[float]] = collections.deque(maxlen=_WINDOW_S // _BUCKET_S)
@@ -74,42 +75,65 @@ class Stats:
             return
         error = record.status >= 500
         cost = record.cost.cost_usd if record.cost is not None else None
-        rows = [self.total, self.models.setdefault(record.model or "none", Row())]
-        if record.identity.user_id is not None:
-            rows.append(self._tracked(self.users, record.identity.user_id))
-        if record.identity.session_id is not None:
-            rows.append(self._tracked(self.sessions, record.identity.session_id))
-        for row in rows:
+        unknown_cost = cost is None and record.model_served is not None
+        model = self.models.get(record.model or "none")
+        if model is None:
+            model = self.models[record.model or "none"] = Row()
+        identity = record.identity
+        for row in (self.total, model) if identity.user_id is None and identity.session_id is None else (
+                self.total, model, *self._identity_rows(identity.user_id, identity.session_id)):
             row.requests += 1
             row.errors += error
             row.images += record.images
             row.duration_s += record.duration_s
             if cost is not None:
                 row.cost_usd += cost
-            elif record.model_served is not None:
+            elif unknown_cost:
                 row.cost_unknown += 1
-        self.client_errors += 400 <= record.status < 500
+        if 400 <= record.status < 500:
+            self.client_errors += 1
         for attempt in record.attempts:
-            if attempt.status == "skipped":
+            status = attempt.status
+            if status == "skipped":
                 continue
-            p = self.providers.setdefault(f"{attempt.provider} / {attempt.region}", ProviderRow())
+            p = self.providers.get(attempt.provider + " / " + attempt.region)
+            if p is None:
+                p = self.providers[attempt.provider + " / " + attempt.region] = ProviderRow()
             p.attempts += 1
-            p.succeeded += attempt.status == "succeeded"
-            p.failed += attempt.status == "failed"
-            p.timeouts += attempt.status == "timeout"
+            if status == "succeeded":
+                p.succeeded += 1
+            elif status == "failed":
+                p.failed += 1
+            elif status == "timeout":
+                p.timeouts += 1
             p.latency_ms += attempt.latency_ms
         if record.route == "/v1/images/generations":
             self.durations_s.append(record.duration_s)
         bucket = record.started_at - record.started_at % _BUCKET_S
-        if not self.window or self.window[-1][0] != bucket:
-            self.window.append([bucket, 0, 0])
-        self.window[-1][1] += 1
-        self.window[-1][2] += error
-        self.recent.appendleft(Recent(
-            record.started_at, record.request_id, record.status, round(record.duration_s * 1000, 1),
-            record.identity.user_id, record.identity.session_id, record.model_asked, record.model_served,
-            record.provider, record.region, sum(1 for a in record.attempts if a.status != "skipped"),
-            record.images, cost, record.error_code))
+        window = self.window
+        if not window or window[-1][0] != bucket:
+            window.append([bucket, 0, 0])
+        last = window[-1]
+        last[1] += 1
+        if error:
+            last[2] += 1
+        self.recent.appendleft(record)
+
+    def _identity_rows(self, user_id: str | None, session_id: str | None) -> list[Row]:
+        rows = []
+        if user_id is not None:
+            rows.append(self._tracked(self.users, user_id))
+        if session_id is not None:
+            rows.append(self._tracked(self.sessions, session_id))
+        return rows
+
+    def recent_requests(self) -> list[Recent]:
+        """The most recent requests, newest first."""
+        return [Recent(
+            r.started_at, r.request_id, r.status, round(r.duration_s * 1000, 1), r.identity.user_id,
+            r.identity.session_id, r.model_asked, r.model_served, r.provider, r.region,
+            sum(1 for a in r.attempts if a.status != "skipped"), r.images,
+            r.cost.cost_usd if r.cost is not None else None, r.error_code) for r in self.recent]
 
     def _tracked(self, table: dict[str, Row], key: str) -> Row:
         row = table.get(key)

@@ -68,7 +68,7 @@ def snapshot(app: web.Application) -> Snapshot:
                  round(total.cost_usd, 6), total.cost_unknown, last_requests, last_errors, stats.percentiles_ms()),
         dict(sorted(stats.models.items())), dict(sorted(stats.providers.items())),
         breaker_snapshot(app[STATE]),
-        _top(stats.users), _top(stats.sessions), list(stats.recent))
+        _top(stats.users), _top(stats.sessions), stats.recent_requests())
 
 
 def _admin(request: web.Request) -> tuple[str | None, str | None]:
