@@ -82,12 +82,16 @@ def _header_block(headers: Mapping[str, str]) -> str:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight, answered through ``waiter``."""
 
+    __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "forgotten",
+                 "status", "headers", "chunks", "size", "complete", "keep_alive", "until_eof")
+
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], bytes]] | None = None
         self.closed = False
+        self.forgotten = False
         self.idle_since = 0.0
         self._reset()
 
@@ -348,9 +352,9 @@ class HTTPClient:
 
     def _forget(self, conn: _Connection) -> None:
         """connection_lost: count it out and drop it from the idle list."""
-        if getattr(conn, "_forgotten", False):
+        if conn.forgotten:
             return
-        conn._forgotten = True  # type: ignore[attr-defined]
+        conn.forgotten = True
         self._open -= 1
         idle = self._idle.get(conn.origin)
         if idle and conn in idle:

@@ -33,7 +33,9 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
             f"Unsupported content type: '{request.headers['Content-Type']}'. This API method only "
             "accepts 'application/json' requests.", code="unsupported_content_type")
     if request.content.is_eof():  # the usual case: the whole body came with the headers
-        body = await request.read()
+        body = request.content.read_nowait()  # one bytes object, where read() joins and copies twice
+        if len(body) > request.client_max_size:
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=len(body))
     else:
         timeout_s = request.app[CONFIG].server.body_read_timeout_s
         try:
