@@ -8,12 +8,12 @@ from typing import AsyncIterator, Iterable
 import aiohttp
 from aiohttp import web
 
-from gateway import access_log, dashboard, handlers, metrics, openapi, provider, reload
+from gateway import access_log, dashboard, handlers, metrics, observers, openapi, provider, reload
 from gateway.config import Config
 from gateway.dashboard.stats import Stats
 from gateway.errors import redact_server_logs, remember_secrets
 from gateway.http_client import HTTPClient
-from gateway.keys import ACCESS_LOG, CONFIG, HTTP, LIFECYCLE, RECORD, RELOADER, SESSION, STATE, STATS
+from gateway.keys import ACCESS_LOG, CONFIG, HTTP, LIFECYCLE, OBSERVERS, RECORD, RELOADER, SESSION, STATE, STATS
 from gateway.limits import limits_backend_ctx
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
@@ -109,6 +109,8 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
     app[ACCESS_LOG] = None
     app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
     app.cleanup_ctx.append(access_log.lifetime)
+    app[OBSERVERS] = observers.Observers(app)
+    app.cleanup_ctx.append(observers.lifetime)  # cleaned up before the access log closes
     app.cleanup_ctx.append(metrics.lifetime)
     if config.metrics.enabled:
         add_admin_routes(app, [web.route("GET", "/metrics", metrics.metrics_endpoint)])

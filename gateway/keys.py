@@ -75,6 +75,8 @@ CONFIG = web.AppKey("config", "Config")
 # Observability (gateway/access_log.py, gateway/dashboard/stats.py); None when turned off.
 ACCESS_LOG = web.AppKey("access_log", "AccessLog | None")
 STATS = web.AppKey("stats", "Stats")
+#: Where finished requests go to be counted, shown and logged (gateway/observers.py).
+OBSERVERS = web.AppKey("observers", "Observers")
 DASHBOARD_SESSIONS = web.AppKey("dashboard_sessions", "Sessions")
 # Limits and reload (gateway/limits/, gateway/reload.py): the counters outlive a reload.
 LIMITS = web.AppKey("limits", "LimitsBackend")

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.errors import NotFound
 from gateway.keys import CONFIG, LIFECYCLE
-from gateway.middleware import Handler
+from gateway.middleware import Handler, Next
 
 
 def admin(handler: Handler) -> Handler:
@@ -29,8 +29,8 @@ def on_admin_socket(request: web.Request) -> bool:
 
 
 @web.middleware
-async def admin_port_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def admin_port_middleware(request: web.Request, handler: Handler) -> Next:
     if getattr(request.match_info.handler, "admin", False) and not on_admin_socket(request):
         # Word for word what an unknown path gets (middleware/errors.py).
         raise NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
-    return await handler(request)
+    return handler(request)

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.errors import InvalidRequest
 from gateway.keys import RECORD, Identity
-from gateway.middleware import Handler
+from gateway.middleware import Handler, Next
 
 USER_HEADER = "x-opengateway-user-id"
 SESSION_HEADER = "x-opengateway-session-id"
@@ -25,9 +25,9 @@ def _header(request: web.Request, name: str) -> str | None:
 
 
 @web.middleware
-async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def identity_middleware(request: web.Request, handler: Handler) -> Next:
     user_id = _header(request, USER_HEADER)
     session_id = _header(request, SESSION_HEADER)
     if user_id is not None or session_id is not None:
         request[RECORD].identity = Identity(user_id, session_id)
-    return await handler(request)
+    return handler(request)

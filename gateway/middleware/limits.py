@@ -12,11 +12,13 @@ import secrets
 from aiohttp import web
 
 from gateway import metrics
+from gateway.api import ImageGenerationRequest
+from gateway.config import KeyConfig
 from gateway.errors import ServiceUnavailable
 from gateway.keys import BODY, LIMIT_HEADERS, LIMITS, PRINCIPAL, RECORD, STATE
 from gateway.limits import BackendUnavailable, Decision, LimitsBackend, Plan
 from gateway.limits.policy import MICRO_USD, headers, make_plan, rate_limited
-from gateway.middleware import Handler
+from gateway.middleware import Handler, Next
 
 log = logging.getLogger("opengateway.limits")
 
@@ -25,11 +27,17 @@ SLOT_LEASE_MARGIN_S = 60.0
 
 
 @web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def limits_middleware(request: web.Request, handler: Handler) -> Next:
     key = request.get(PRINCIPAL)
     body = request.get(BODY)
     if key is None or key.limits is None or body is None:
-        return await handler(request)
+        return handler(request)
+    return _limited(request, handler, key, body)
+
+
+async def _limited(request: web.Request, handler: Handler, key: KeyConfig,
+                   body: ImageGenerationRequest) -> web.StreamResponse:
+    assert key.limits is not None
     state = request.app[STATE]
     images = body.n if isinstance(body.n, int) else 1
     plan = make_plan(key.name, key.limits, images, state.config.router.deadline_s + SLOT_LEASE_MARGIN_S)

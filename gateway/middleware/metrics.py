@@ -1,5 +1,6 @@
-"""Outermost link: opens the request record; once everything below has answered, counts it
-(gateway/metrics.py), adds it to the dashboard's figures and writes its access-log line."""
+"""Outermost link: opens the request record, keeps the in-flight gauge, and once everything
+below has answered hands the record to the observers (gateway/observers.py: metrics, dashboard
+figures, access log), which take it up after the response has gone out."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.forwarded import client_ip
-from gateway.keys import ACCESS_LOG, BODY, CONFIG, RECORD, STATS, RequestRecord
+from gateway.keys import ACCESS_LOG, BODY, CONFIG, OBSERVERS, RECORD, RequestRecord
 from gateway.middleware import Handler
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -60,9 +61,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         record.status = status
         record.duration_s = time.perf_counter() - started
         app = request.app
-        metrics.observe(record, app[CONFIG].metrics.key_name_label)
-        app[STATS].add(record)
         access_log = app[ACCESS_LOG]
-        if access_log is not None:
-            body = request.get(BODY) if access_log.include_prompt else None
-            access_log.write(record, body.prompt if body is not None else None)
+        body = request.get(BODY) if access_log is not None and access_log.include_prompt else None
+        app[OBSERVERS].finished(record, body.prompt if body is not None else None)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.errors import InvalidRequest, RequestTimeout
 from gateway.keys import BODY, CONFIG, RECORD, UNKNOWN_FIELDS
-from gateway.middleware import Handler
+from gateway.middleware import Handler, Next
 from gateway.validation import decode_request
 
 
@@ -24,28 +24,39 @@ def _is_json(content_type: str) -> bool:
 
 
 @web.middleware
-async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def validation_middleware(request: web.Request, handler: Handler) -> Next:
     if not getattr(request.match_info.handler, "takes_images_request", False):
-        return await handler(request)
+        return handler(request)
     # A missing Content-Type is tolerated; a different one is refused as OpenAI does.
     if "Content-Type" in request.headers and not _is_json(request.content_type):
         raise InvalidRequest(
             f"Unsupported content type: '{request.headers['Content-Type']}'. This API method only "
             "accepts 'application/json' requests.", code="unsupported_content_type")
-    if request.content.is_eof():  # the usual case: the whole body came with the headers
-        body = request.content.read_nowait()  # one bytes object, where read() joins and copies twice
-        if len(body) > request.client_max_size:
-            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=len(body))
-    else:
-        timeout_s = request.app[CONFIG].server.body_read_timeout_s
-        try:
-            async with asyncio.timeout(timeout_s):  # aiohttp itself never times out a slow body
-                body = await request.read()
-        except TimeoutError:
-            raise RequestTimeout(f"The request body was not received within {timeout_s:g} seconds.") from None
+    if not request.content.is_eof():
+        return _after_slow_body(request, handler)
+    # The usual case: the whole body came with the headers. One bytes object, where read()
+    # would join and copy it twice.
+    body = request.content.read_nowait()
+    if len(body) > request.client_max_size:
+        raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=len(body))
+    _decode(request, body)
+    return handler(request)
+
+
+async def _after_slow_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    timeout_s = request.app[CONFIG].server.body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):  # aiohttp itself never times out a slow body
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body was not received within {timeout_s:g} seconds.") from None
+    _decode(request, body)
+    return await handler(request)
+
+
+def _decode(request: web.Request, body: bytes) -> None:
     request[RECORD].request_bytes = len(body)
     if not body:
         raise InvalidRequest("The request body is empty: send a JSON object.", code="invalid_json")
     request[BODY], request[UNKNOWN_FIELDS] = decode_request(body)
     request[RECORD].model_asked = request[BODY].model
-    return await handler(request)
