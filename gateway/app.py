@@ -13,14 +13,15 @@ from gateway.config import Config
 from gateway.dashboard.stats import Stats
 from gateway.errors import redact_server_logs, remember_secrets
 from gateway.http_client import HTTPClient
-from gateway.keys import ACCESS_LOG, CONFIG, HTTP, LIFECYCLE, OBSERVERS, RECORD, RELOADER, SESSION, STATE, STATS
+from gateway.keys import (ACCESS_LOG, CONFIG, HTTP, LIFECYCLE, LIMIT_HEADERS, OBSERVERS, RECORD, RELOADER, SESSION, STATE,
+                          STATS)
 from gateway.limits import limits_backend_ctx
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.identity import identity_middleware
 from gateway.middleware.metrics import metrics_middleware
-from gateway.middleware.limits import limit_headers, limits_middleware
+from gateway.middleware.limits import limits_middleware
 from gateway.middleware.validation import validation_middleware
 from gateway.state import GatewayState, Lifecycle
 
@@ -68,10 +69,15 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
     await http.close()
 
 
-async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+async def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare (one handler: each costs a coroutine per response): the request id,
+    and the key's ``x-ratelimit-*`` (gateway/middleware/limits.py), replacing any an upstream sent."""
     record = request.get(RECORD)
     if record is not None:
         response.headers["x-request-id"] = record.request_id
+    limits = request.get(LIMIT_HEADERS)
+    if limits:
+        response.headers.update(limits)
 
 
 def add_admin_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
@@ -97,8 +103,7 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
     app.cleanup_ctx.append(_upstream_clients)
     app.cleanup_ctx.append(reload.reloader_ctx)  # cleaned up first: retired providers, then the session
     app.cleanup_ctx.append(limits_backend_ctx)
-    app.on_response_prepare.append(_request_id_header)
-    app.on_response_prepare.append(limit_headers)
+    app.on_response_prepare.append(_gateway_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)

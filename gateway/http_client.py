@@ -240,6 +240,7 @@ class HTTPClient:
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_use(self) -> int:
@@ -259,7 +260,9 @@ class HTTPClient:
         target = _target(url, urlencode(params) if params else "")
         request = b"".join((target.head, _header_block(headers).encode("latin-1"),
                             b"Content-Length: %d\r\n\r\n" % len(body), body))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # one client, one loop (and Python 3.11 makes a system call per lookup)
+            loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         conn = self._idle_connection(target.origin)
         if conn is None:  # a new connection, or a wait for a free one: rare, so asyncio.timeout is fine

@@ -58,7 +58,7 @@ async def _limited(request: web.Request, handler: Handler, key: KeyConfig,
             key_label = key.name if state.config.metrics.key_name_label else ""  # opt-in, bounded
             metrics.RATE_LIMITED.labels(decision.denied, key_label).inc()
             raise rate_limited(plan, decision)
-        request[LIMIT_HEADERS] = headers(plan, decision)
+        request[LIMIT_HEADERS] = headers(plan, decision)  # put on the answer by gateway.app
     try:
         response = await handler(request)
     finally:
@@ -86,10 +86,3 @@ async def _charge(request: web.Request, backend: LimitsBackend, plan: Plan) -> N
     except BackendUnavailable as exc:
         metrics.LIMITS_BACKEND_ERRORS.labels("charge").inc()
         log.warning("could not charge %.6f USD to key '%s': %s", cost.cost_usd, plan.key, exc)
-
-
-async def limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: the key's ``x-ratelimit-*`` replace any an upstream sent."""
-    found = request.get(LIMIT_HEADERS)
-    if found:
-        response.headers.update(found)
