@@ -184,6 +184,8 @@ class _Connection(asyncio.Protocol):
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         headers = CIMultiDict(self.headers)
+        # An idle pooled connection must not hold its last answer (thousands of them can idle).
+        self.chunks, self.headers = [], []
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
             try:

@@ -42,7 +42,7 @@ def install_uvloop() -> bool:
 #: glibc malloc: buffers below this come from the heap instead of a fresh mmap each (M_MMAP_THRESHOLD).
 MMAP_THRESHOLD_BYTES = 16 << 20
 #: ...and the heap keeps this much free memory at its top instead of returning it (M_TRIM_THRESHOLD).
-TRIM_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 16 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
