@@ -138,6 +138,10 @@ class _Connection(asyncio.Protocol):
             else:
                 waiter.set_exception(ConnectionResetError(
                     "the upstream closed the connection before answering in full"))
+        # The parser holds bound methods of this object and the transport holds it: break both
+        # cycles, so a closed connection is freed now rather than by a later garbage collection.
+        self.parser = None  # type: ignore[assignment]
+        self.transport = None
 
     # -- httptools callbacks ----------------------------------------------------------------------
 

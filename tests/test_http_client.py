@@ -266,3 +266,25 @@ async def test_timeout_bounds_the_answer_and_the_wait_for_a_connection(serve) ->
     await asyncio.sleep(0.01)
     assert (client.in_use, client.open_connections) == (0, 0)  # the timed-out connection was dropped
     await client.close()
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(serve) -> None:
+    import gc
+
+    def connections() -> int:
+        return sum(1 for o in gc.get_objects() if type(o).__name__ == "_Connection")
+
+    server = await serve(OK.replace(b"Content-Length: 11\r\n", b"Content-Length: 11\r\nConnection: close\r\n"))
+    client = HTTPClient()
+    gc.collect()
+    before = connections()
+    gc.disable()
+    try:
+        for _ in range(3):
+            assert (await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}))[0] == 200
+        await asyncio.sleep(0.05)
+        assert client.open_connections == 0
+        assert connections() == before, "closed connections wait for the garbage collector (a reference cycle)"
+    finally:
+        gc.enable()
+    await client.close()
