@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import metrics
-from gateway.keys import ACCESS_LOG, CONFIG, OBSERVERS, STATS, RequestRecord
+from gateway.keys import ACCESS_LOG, BODY, CONFIG, OBSERVERS, RECORD, STATS, RequestRecord
 
 log = logging.getLogger("opengateway.observers")
 
@@ -25,12 +25,12 @@ log = logging.getLogger("opengateway.observers")
 class Observers:
     def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._pending: list[tuple[RequestRecord, str | None]] = []
+        self._pending: list[tuple[RequestRecord, str | None, web.Request]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def finished(self, record: RequestRecord, prompt: str | None) -> None:
+    def finished(self, record: RequestRecord, prompt: str | None, request: web.Request) -> None:
         """Queue a finished request (``prompt`` only when the access log includes prompts)."""
-        self._pending.append((record, prompt))
+        self._pending.append((record, prompt, request))
         if len(self._pending) == 1:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
@@ -43,7 +43,12 @@ class Observers:
         app = self._app
         key_label = app[CONFIG].metrics.key_name_label
         stats, access_log = app[STATS], app[ACCESS_LOG]
-        for record, prompt in pending:
+        for record, prompt, request in pending:
+            # aiohttp keeps a keep-alive connection's last request until the next one arrives:
+            # let go of what is ours in it (the record, the body with its prompt of up to 32,000
+            # characters), now that the answer has gone out.
+            request.pop(RECORD, None)
+            request.pop(BODY, None)
             try:
                 metrics.observe(record, key_label)
                 stats.add(record)

@@ -63,4 +63,4 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         app = request.app
         access_log = app[ACCESS_LOG]
         body = request.get(BODY) if access_log is not None and access_log.include_prompt else None
-        app[OBSERVERS].finished(record, body.prompt if body is not None else None)
+        app[OBSERVERS].finished(record, body.prompt if body is not None else None, request)
