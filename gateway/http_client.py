@@ -56,6 +56,13 @@ class _Target(NamedTuple):
     head: bytes  # "POST /path?query HTTP/1.1\r\nHost: ...\r\n" + fixed headers
 
 
+def check_url(url: str) -> str:
+    """``url`` if this client can call it (http or https, with a host); ValueError otherwise.
+    Providers call it on their configured URLs, so a bad one is a start-up problem."""
+    _target(url, "")
+    return url
+
+
 @lru_cache(maxsize=1024)  # URLs come from provider settings: few and fixed
 def _target(url: str, query: str) -> _Target:
     parts = urlsplit(url)
@@ -310,6 +317,7 @@ class HTTPClient:
 
     async def _acquire(self, origin: Origin) -> _Connection:
         while self.limit and self._open >= self.limit:
+            self._evict_one_idle()  # a connection idling to another upstream makes room
             # FIFO: woken by a release or a closed connection; a cancelled waiter passes its turn on
             ticket = asyncio.get_running_loop().create_future()
             self._queue.append(ticket)
@@ -347,6 +355,13 @@ class HTTPClient:
         _, conn = await loop.create_connection(lambda: _Connection(self, origin), origin.host, origin.port,
                                                ssl=tls, server_hostname=origin.host if tls else None)
         return conn
+
+    def _evict_one_idle(self) -> None:
+        """Close the longest-idle connection (to any upstream): its connection_lost wakes a waiter."""
+        oldest = min((idle[0] for idle in self._idle.values() if idle), key=lambda c: c.idle_since, default=None)
+        if oldest is not None:
+            self._idle[oldest.origin].remove(oldest)
+            oldest.close()
 
     def _release(self, conn: _Connection, reuse: bool) -> None:
         self._busy -= 1

@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 
 from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
-from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError
+from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError, check_url
 
 # The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
 # keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
@@ -32,6 +32,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "SizeRule",
+    "check_url",
     "error_from_openai",
     "openai_image_models",
     "pass_through",

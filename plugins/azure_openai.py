@@ -21,7 +21,7 @@ import aiohttp
 import msgspec
 
 from gateway.catalog import openai_image_models
-from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
+from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError, check_url,
                               pass_through, post_json, retry_after_s)
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
@@ -79,7 +79,7 @@ class AzureOpenAIProvider(Provider):
 
     def __init__(self, settings: AzureOpenAISettings, session: aiohttp.ClientSession) -> None:
         super().__init__(settings, session)
-        self.base = settings.endpoint.rstrip("/") + "/openai"
+        self.base = check_url(settings.endpoint.rstrip("/") + "/openai")
         self.params = {"api-version": settings.api_version or DEFAULT_API_VERSION[settings.url_form]}
         self.headers = {"Content-Type": "application/json"}
         if settings.api_key:

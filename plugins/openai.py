@@ -13,7 +13,7 @@ import aiohttp
 import msgspec
 
 from gateway.catalog import openai_image_models
-from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider,
+from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, check_url,
                               error_from_openai, pass_through, post_json)
 
 
@@ -34,7 +34,7 @@ class OpenAIProvider(Provider):
         super().__init__(settings, session)
         if not settings.api_key:
             raise ValueError("api_key is empty")
-        self.url = settings.base_url.rstrip("/") + "/images/generations"
+        self.url = check_url(settings.base_url.rstrip("/") + "/images/generations")
         self.headers = {"Authorization": f"Bearer {settings.api_key}", "Content-Type": "application/json"}
         if settings.organization:
             self.headers["OpenAI-Organization"] = settings.organization

@@ -288,3 +288,23 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(serve)
     finally:
         gc.enable()
     await client.close()
+
+
+async def test_a_full_pool_makes_room_by_closing_a_connection_idling_to_another_upstream(serve) -> None:
+    first, second = await serve(OK), await serve(OK)
+    client = HTTPClient(limit=1)
+    assert (await client.post(f"http://127.0.0.1:{first.port}/x", b"", {}))[0] == 200
+    assert client.open_connections == 1  # idle, to the first upstream
+    async with asyncio.timeout(2):  # not the 30 s until the idle one would expire
+        assert (await client.post(f"http://127.0.0.1:{second.port}/x", b"", {}, timeout_s=1))[0] == 200
+    assert client.open_connections == 1
+    await client.close()
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/v1", "http:///v1", "example.com/v1"])
+def test_check_url_refuses_what_it_cannot_call(url: str) -> None:
+    from gateway.http_client import check_url
+
+    with pytest.raises(ValueError):
+        check_url(url)
+    assert check_url("https://api.openai.com/v1/images/generations")

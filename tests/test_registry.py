@@ -90,3 +90,26 @@ def test_operator_capabilities_vouch_for_an_unknown_model(make_config: Any) -> N
     state = asyncio.run(build())
     assert state.registry.models["acme/painter"].capabilities.max_n == 2
     assert state.registry.models["acme/painter"].targets[0].capabilities is None
+
+
+def test_an_openai_base_url_the_client_cannot_call_is_a_config_problem() -> None:
+    import asyncio
+
+    import aiohttp
+    import msgspec
+
+    from gateway.config import parse_config
+    from gateway.registry import Registry
+
+    config = parse_config(msgspec.json.encode({"providers": [
+        {"id": "oa", "plugin": "openai", "settings": {"api_key": "k", "base_url": "ftp://files.example/v1"}}]}).decode(),
+        env={})
+
+    async def build() -> None:
+        async with aiohttp.ClientSession() as session:
+            Registry.build(config, session, HTTPClient())
+
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(build())
+    [problem] = caught.value.problems
+    assert problem.path == "$.providers[0]" and "not an http(s) URL" in problem.message
