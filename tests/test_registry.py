@@ -53,21 +53,28 @@ async def test_deployment_that_can_take_it_serves_the_fallback(two_clouds: Any, 
         ("openai", "global", "failed"), ("azure_openai", "swedencentral", "succeeded")]
 
 
-def test_target_must_serve_its_model(make_config: Any, upstream: Any) -> None:
+def build_state(config: Any) -> Any:
+    """GatewayState.build as the app does it, with the clients it needs (start-up checks)."""
+    import asyncio
+
+    import aiohttp
+
     from gateway.state import GatewayState
 
+    async def build() -> GatewayState:
+        async with aiohttp.ClientSession() as session:
+            return GatewayState.build(config, session, HTTPClient())
+
+    return asyncio.run(build())
+
+
+def test_target_must_serve_its_model(make_config: Any, upstream: Any) -> None:
     config = make_config(TWO_CLOUDS.format(base=upstream.base).replace(
         "targets: [openai-main, azure-sweden]", "targets: [openai-main]\n  openai/gpt-image-2:\n"
         "    targets: [azure-sweden]"))
 
-    async def build() -> None:
-        import aiohttp
-        async with aiohttp.ClientSession() as session:
-            GatewayState.build(config, session, HTTPClient())
-
-    import asyncio
     with pytest.raises(ConfigError) as info:
-        asyncio.run(build())
+        build_state(config)
     [problem] = info.value.problems
     assert problem.path == "$.models.openai/gpt-image-2.targets[0]"
     assert "'azure-sweden' (azure_openai) does not serve 'openai/gpt-image-2'" in problem.message
@@ -75,41 +82,21 @@ def test_target_must_serve_its_model(make_config: Any, upstream: Any) -> None:
 
 
 def test_operator_capabilities_vouch_for_an_unknown_model(make_config: Any) -> None:
-    import asyncio
-
-    import aiohttp
-
-    from gateway.state import GatewayState
-
     config = make_config("models:\n  acme/painter:\n    targets: [openai-main]\n    capabilities: {max_n: 2}\n")
-
-    async def build() -> GatewayState:
-        async with aiohttp.ClientSession() as session:
-            return GatewayState.build(config, session, HTTPClient())
-
-    state = asyncio.run(build())
+    state = build_state(config)
     assert state.registry.models["acme/painter"].capabilities.max_n == 2
     assert state.registry.models["acme/painter"].targets[0].capabilities is None
 
 
 def test_an_openai_base_url_the_client_cannot_call_is_a_config_problem() -> None:
-    import asyncio
-
-    import aiohttp
     import msgspec
 
     from gateway.config import parse_config
-    from gateway.registry import Registry
 
     config = parse_config(msgspec.json.encode({"providers": [
         {"id": "oa", "plugin": "openai", "settings": {"api_key": "k", "base_url": "ftp://files.example/v1"}}]}).decode(),
         env={})
-
-    async def build() -> None:
-        async with aiohttp.ClientSession() as session:
-            Registry.build(config, session, HTTPClient())
-
     with pytest.raises(ConfigError) as caught:
-        asyncio.run(build())
+        build_state(config)
     [problem] = caught.value.problems
     assert problem.path == "$.providers[0]" and "not an http(s) URL" in problem.message
