@@ -1,15 +1,15 @@
 """The access log: one JSON line per request, encoded once with msgspec, written after the response.
 
 Built from the request record (gateway/keys.py). It never holds a key (only the key's name) and
-holds the prompt only when ``log.include_prompt`` is on. Lines finished in one turn of the event
-loop are written together at the start of the next (one system call instead of one per request),
-in writes of whole lines of at most ``PIPE_BUF`` bytes, which the kernel keeps whole on a pipe or
+holds the prompt only when ``log.include_prompt`` is on. ``write`` queues a line; the observers
+(gateway/observers.py) call ``flush`` once per batch of finished requests, so the lines of one
+event-loop turn go out together (one system call instead of one per request), in writes of
+whole lines of at most ``PIPE_BUF`` bytes, which the kernel keeps whole on a pipe or
 an ``O_APPEND`` file shared by several workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -99,7 +99,6 @@ class AccessLog:
         self._owned = owned
         self._encoder = msgspec.json.Encoder()
         self._pending: list[bytes] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def open(cls, config: Config) -> AccessLog | None:
@@ -113,14 +112,11 @@ class AccessLog:
         return cls(os.fdopen(fd, "ab", buffering=0), _LEVELS[log.level], log.include_prompt, owned=True)
 
     def write(self, record: RequestRecord, prompt: str | None = None) -> None:
+        """Queue the request's line (written by the next ``flush``)."""
         if record.status < self._min_status:
             return
         line = line_of(record, prompt if self.include_prompt else None)
         self._pending.append(self._encoder.encode(line) + b"\n")
-        if len(self._pending) == 1:
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         if not self._pending:

@@ -89,8 +89,8 @@ def _header_block(headers: Mapping[str, str]) -> str:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight, answered through ``waiter``."""
 
-    __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "forgotten",
-                 "status", "headers", "chunks", "size", "complete", "keep_alive", "until_eof")
+    __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "past_parser",
+                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof")
 
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
@@ -98,15 +98,19 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], bytes]] | None = None
         self.closed = False
-        self.forgotten = False
         self.idle_since = 0.0
+        self.past_parser = False
         self._reset()
 
     def _reset(self) -> None:
+        if self.past_parser:  # the last body went round the parser, which still expects it
+            self.parser = httptools.HttpResponseParser(self)
+            self.past_parser = False
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.chunks: list[bytes] = []
         self.size = 0
+        self.declared: int | None = None  # the answer's Content-Length
         self.complete = False
         self.keep_alive = False
         self.until_eof = False  # no Content-Length, not chunked: the body ends with the connection
@@ -124,8 +128,15 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None or self.waiter.done():  # bytes nobody asked for: not reusable
             self.close()
             return
+        if self.past_parser:
+            self._body_bytes(data)
+            return
         try:
             self.parser.feed_data(data)
+            if self.declared is not None and not self.complete and not self.waiter.done():
+                # The rest of a Content-Length body is kept as the socket delivers it: the parser
+                # would copy every chunk once more (megabytes of base64) before the final join.
+                self.past_parser = True
         except httptools.HttpParserCallbackError as exc:  # raised by one of the callbacks below
             cause = exc.__context__
             self._fail(cause if isinstance(cause, ResponseTooLarge) else
@@ -170,6 +181,8 @@ class _Connection(asyncio.Protocol):
         limit = self.pool.max_body_bytes
         if length is not None and length > limit:
             raise ResponseTooLarge(limit, length)
+        self.declared = None if chunked else length
+        self.keep_alive = self.parser.should_keep_alive()  # Connection and version: known by now
         self.until_eof = length is None and not chunked
 
     def on_body(self, body: bytes) -> None:
@@ -177,6 +190,19 @@ class _Connection(asyncio.Protocol):
         if self.size > self.pool.max_body_bytes:
             raise ResponseTooLarge(self.pool.max_body_bytes, None)
         self.chunks.append(body)
+
+    def _body_bytes(self, data: bytes) -> None:
+        """The rest of a Content-Length body, past the parser."""
+        assert self.declared is not None
+        left = self.declared - self.size
+        if len(data) > left:  # more than the upstream declared: keep the body, drop the connection
+            data = data[:left]
+            self.keep_alive = False
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size == self.declared:
+            self.complete = True
+            self._finish()
 
     def on_message_complete(self) -> None:
         if 100 <= self.status < 200:
@@ -330,13 +356,9 @@ class HTTPClient:
             finally:
                 if ticket in self._queue:
                     self._queue.remove(ticket)
-            idle = self._idle.get(origin)
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    conn._reset()
-                    self._busy += 1
-                    return conn
+            conn = self._idle_connection(origin)
+            if conn is not None:
+                return conn
         self._open += 1
         self._busy += 1
         try:
@@ -376,9 +398,6 @@ class HTTPClient:
 
     def _forget(self, conn: _Connection) -> None:
         """connection_lost: count it out and drop it from the idle list."""
-        if conn.forgotten:
-            return
-        conn.forgotten = True
         self._open -= 1
         idle = self._idle.get(conn.origin)
         if idle and conn in idle:

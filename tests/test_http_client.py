@@ -308,3 +308,40 @@ def test_check_url_refuses_what_it_cannot_call(url: str) -> None:
     with pytest.raises(ValueError):
         check_url(url)
     assert check_url("https://api.openai.com/v1/images/generations")
+
+
+async def test_a_content_length_body_in_pieces_then_the_connection_is_reused(serve) -> None:
+    """The body arrives in several socket reads after the headers (it is kept past the parser);
+    the next answer on the same connection must parse from a clean state."""
+    payload = b'{"data":[{"b64_json":"' + b"Q" * 300_000 + b'"}]}'
+
+    async def in_pieces(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload[:10])
+        for i in range(10, len(payload), 100_000):
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(payload[i:i + 100_000])
+
+    server = await serve(in_pieces, OK)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    assert (await client.post(url, b"", {}, timeout_s=5))[::2] == (200, payload)
+    assert (await client.post(url, b"", {}, timeout_s=5))[::2] == (200, b'{"ok":true}')
+    assert server.connections == 1
+    await client.close()
+
+
+async def test_bytes_beyond_the_declared_length_are_dropped_with_the_connection(serve) -> None:
+    async def too_long(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"cdeXYZ")
+
+    server = await serve(too_long, OK)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    assert (await client.post(url, b"", {}, timeout_s=5))[::2] == (200, b"abcde")
+    assert (await client.post(url, b"", {}, timeout_s=5))[0] == 200
+    assert server.connections == 2
+    await client.close()
