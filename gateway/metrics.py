@@ -14,8 +14,9 @@ merges them, so any worker's ``/metrics`` shows the totals of all of them.
 The hot path does not touch prometheus-client: ``observe()`` adds a finished request to a
 ``Batch`` (dict arithmetic, no locks), and ``publish()`` moves the batch into the metrics, one
 ``inc`` per series and one per histogram bucket. It runs before every scrape and every second
-in a single process; with several workers, at the end of each event-loop turn, so that a
-sibling's scrape (or this worker's sudden death) misses nothing that was answered.
+in a single process. With several workers ``observe()`` publishes at once, and is called
+before the response goes out (gateway/observers.py), so that a sibling's scrape, or this
+worker's sudden death, misses nothing that was answered.
 """
 
 from __future__ import annotations
@@ -207,13 +208,12 @@ def _observe_all(child: Any, values: list[float]) -> None:
 
 
 _batch = Batch()
-_publish_soon = False  # a publish() is scheduled for the end of this loop turn (several workers)
 
 
 def publish() -> None:
     """Move everything observed so far into the prometheus-client metrics."""
-    global _batch, _publish_soon
-    batch, _batch, _publish_soon = _batch, Batch(), False
+    global _batch
+    batch, _batch = _batch, Batch()
     for (metric, labels), amount in batch.counts.items():
         metric(*labels).inc(amount)
     for (metric, labels), values in batch.values.items():
@@ -222,7 +222,6 @@ def publish() -> None:
 
 def observe(record: RequestRecord, key_label: bool) -> None:
     """Count one finished request (the outermost middleware calls this once per request)."""
-    global _publish_soon
     batch = _batch
     route, model = record.route, record.model or "none"
     key = (record.key_name or "") if key_label else ""
@@ -258,9 +257,8 @@ def observe(record: RequestRecord, key_label: bool) -> None:
             batch.inc(_cost, (served, provider, key), cost.cost_usd)
         else:
             batch.inc(_cost_unknown, (served,))
-    if not _publish_soon and MULTIPROCESS:
-        _publish_soon = True
-        asyncio.get_running_loop().call_soon(publish)
+    if MULTIPROCESS:
+        publish()
 
 
 def set_breaker_states(targets: Iterable[dict[str, Any]]) -> None:
@@ -317,7 +315,7 @@ def refresh_breakers(state: Any) -> None:
 
 async def lifetime(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: keep the breaker gauge current, publish the batch every second (with several
-    workers ``observe`` also publishes at the end of each loop turn) and once more at shutdown.
+    workers ``observe`` publishes at once) and once more at shutdown.
     (``server.admin_port`` moves /metrics off the API port; gateway/middleware/admin.py.)"""
     config = app[CONFIG].metrics
 

@@ -2,7 +2,8 @@
 
 The outermost middleware queues each finished request's record here. At the end of the event
 loop's turn (``call_soon``: by then aiohttp has written the turn's responses) ``flush`` hands
-the batch, in order, to the Prometheus counts (gateway/metrics.py), the dashboard's figures
+the batch, in order, to the Prometheus counts (gateway/metrics.py; with several workers they
+are counted at once instead, see ``finished``), the dashboard's figures
 (gateway/dashboard/stats.py) and the access log (gateway/access_log.py), which writes all the
 batch's lines at once. Keeping this off the response path takes it out of every request's
 latency, and running it as one loop keeps the three consumers' code and data in the CPU caches.
@@ -30,6 +31,10 @@ class Observers:
 
     def finished(self, record: RequestRecord, prompt: str | None, request: web.Request) -> None:
         """Queue a finished request (``prompt`` only when the access log includes prompts)."""
+        if metrics.MULTIPROCESS:
+            # Several workers: any worker's /metrics reads this one's files, and a worker can die;
+            # the counts are in those files before the response is written.
+            metrics.observe(record, self._app[CONFIG].metrics.key_name_label)
         self._pending.append((record, prompt, request))
         if len(self._pending) == 1:
             if self._loop is None:
@@ -50,7 +55,8 @@ class Observers:
             request.pop(RECORD, None)
             request.pop(BODY, None)
             try:
-                metrics.observe(record, key_label)
+                if not metrics.MULTIPROCESS:  # counted in finished() otherwise
+                    metrics.observe(record, key_label)
                 stats.add(record)
                 if access_log is not None:
                     access_log.write(record, prompt)
