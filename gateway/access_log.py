@@ -1,6 +1,6 @@
 """The access log: one JSON line per request, encoded once with msgspec, written after the response.
 
-Built from the request record (gateway/keys.py). It never holds a key (only the key's name) and
+Built from the request record (gateway/record.py). It never holds a key (only the key's name) and
 holds the prompt only when ``log.include_prompt`` is on. ``write`` queues a line; the observers
 (gateway/observers.py) call ``flush`` once per batch of finished requests, so the lines of one
 event-loop turn go out together (one system call instead of one per request), in writes of
@@ -13,14 +13,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 import msgspec
-from aiohttp import web
 
-from gateway.config import Config
-from gateway.keys import ACCESS_LOG, CONFIG, RequestRecord
+from gateway.config import Config, LogConfig
+from gateway.record import RequestRecord
 
 _LEVELS = {"info": 0, "warning": 400, "error": 500}
 _PIPE_BUF = 4096
@@ -92,10 +90,11 @@ def line_of(record: RequestRecord, prompt: str | None = None) -> LogLine:
 
 
 class AccessLog:
-    def __init__(self, stream: BinaryIO, min_status: int, include_prompt: bool, owned: bool) -> None:
+    """The destination is the process's (``log.destination``); the level and whether prompts are
+    logged come from each request's configuration (``settings`` in ``write``)."""
+
+    def __init__(self, stream: BinaryIO, owned: bool) -> None:
         self._stream = stream
-        self._min_status = min_status
-        self.include_prompt = include_prompt
         self._owned = owned
         self._encoder = msgspec.json.Encoder()
         self._pending: list[bytes] = []
@@ -104,18 +103,18 @@ class AccessLog:
     def open(cls, config: Config) -> AccessLog | None:
         if not config.server.access_log:
             return None
-        log = config.log
-        if log.destination in ("stderr", "stdout"):
-            stream = (sys.stderr if log.destination == "stderr" else sys.stdout).buffer
-            return cls(stream, _LEVELS[log.level], log.include_prompt, owned=False)
-        fd = os.open(log.destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        return cls(os.fdopen(fd, "ab", buffering=0), _LEVELS[log.level], log.include_prompt, owned=True)
+        destination = config.log.destination
+        if destination in ("stderr", "stdout"):
+            stream = (sys.stderr if destination == "stderr" else sys.stdout).buffer
+            return cls(stream, owned=False)
+        fd = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return cls(os.fdopen(fd, "ab", buffering=0), owned=True)
 
-    def write(self, record: RequestRecord, prompt: str | None = None) -> None:
+    def write(self, record: RequestRecord, settings: LogConfig, prompt: str | None = None) -> None:
         """Queue the request's line (written by the next ``flush``)."""
-        if record.status < self._min_status:
+        if record.status < _LEVELS[settings.level]:
             return
-        line = line_of(record, prompt if self.include_prompt else None)
+        line = line_of(record, prompt if settings.include_prompt else None)
         self._pending.append(self._encoder.encode(line) + b"\n")
 
     def flush(self) -> None:
@@ -139,13 +138,3 @@ class AccessLog:
         self.flush()
         if self._owned:
             self._stream.close()
-
-
-async def lifetime(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: open the configured destination once, close it at shutdown."""
-    access_log = app[ACCESS_LOG] = AccessLog.open(app[CONFIG])
-    try:
-        yield
-    finally:
-        if access_log is not None:
-            access_log.close()

@@ -1,48 +1,71 @@
 """msgspec Structs of the gateway's public API: the request body and the response pieces.
 
-The request Struct is the fast path: a valid body decodes in one pass. Values whose allowed set
-depends on the model (size, quality, background, output_format, moderation, n's maximum) are
-plain strings here and are checked against the target model's capabilities afterwards.
+``ImageRequest`` is the one request type: the body is decoded into it once (gateway/validation.py),
+the request plan (gateway/plan.py) checks it against the target models, and the router hands the
+same object to every provider plugin it tries. Values whose allowed set depends on the model
+(size, quality, background, output_format, moderation, n's maximum) are plain strings here and
+are checked against each target model's capabilities by the plan.
+
+A field the client did not send, or sent as ``null``, is ``None``: OpenAI treats the two alike,
+and ``omit_defaults`` leaves both out when the request is encoded for an upstream.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Mapping
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 
 ModelId = Annotated[str, Meta(description="A model id in owner/model form, e.g. openai/gpt-image-2")]
 
+_NO_FIELDS: Mapping[str, Any] = {}
 
-class RequestExtra(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+
+class RequestExtra(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """OpenGateway's own request options, under ``extra``."""
 
-    fallbacks: list[ModelId] | None | UnsetType = UNSET
+    fallbacks: list[ModelId] | None = None
     #: A deadline for the whole request, shorter than the gateway's configured one.
-    deadline_s: Annotated[float, Meta(gt=0, le=3600)] | None | UnsetType = UNSET
+    deadline_s: Annotated[float, Meta(gt=0, le=3600)] | None = None
 
 
-class ImageGenerationRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class ImageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """``POST /v1/images/generations`` as the product page documents it."""
 
     model: ModelId
     prompt: Annotated[str, Meta(min_length=1, max_length=32000)]
-    n: Annotated[int, Meta(ge=1, le=10)] | None | UnsetType = UNSET
-    size: str | None | UnsetType = UNSET
-    quality: str | None | UnsetType = UNSET
-    background: str | None | UnsetType = UNSET
-    output_format: str | None | UnsetType = UNSET
-    output_compression: Annotated[int, Meta(ge=0, le=100)] | None | UnsetType = UNSET
-    moderation: str | None | UnsetType = UNSET
-    user: str | None | UnsetType = UNSET
-    stream: bool | None | UnsetType = UNSET
-    partial_images: int | None | UnsetType = UNSET
-    response_format: str | None | UnsetType = UNSET
-    style: str | None | UnsetType = UNSET
-    extra: RequestExtra | None | UnsetType = UNSET
-    #: Alias of ``extra.fallbacks`` accepted at the top level.
-    fallbacks: list[ModelId] | None | UnsetType = UNSET
+    n: Annotated[int, Meta(ge=1, le=10)] | None = None
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    output_compression: Annotated[int, Meta(ge=0, le=100)] | None = None
+    moderation: str | None = None
+    user: str | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+    response_format: str | None = None
+    style: str | None = None
+    #: Gateway options; never sent upstream.
+    extra: RequestExtra | None = None
+    #: Alias of ``extra.fallbacks`` accepted at the top level; never sent upstream.
+    fallbacks: list[ModelId] | None = None
+
+    @property
+    def images(self) -> int:
+        """How many images the request asks for (``n``, 1 when absent)."""
+        return 1 if self.n is None else self.n
+
+    def openai_body(self, model: str, extra_fields: Mapping[str, Any] = _NO_FIELDS) -> bytes:
+        """The JSON body for an OpenAI-compatible upstream: ``model`` as the model (the upstream's
+        own name for it), the operator-allowed ``extra_fields`` added, the gateway's options left out."""
+        upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None)
+        if not extra_fields:  # the usual case
+            return msgspec.json.encode(upstream)
+        body = msgspec.to_builtins(upstream)
+        body.update(extra_fields)
+        return msgspec.json.encode(body)
 
 
 class InputTokensDetails(msgspec.Struct, omit_defaults=True):
@@ -86,3 +109,5 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     http_status: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: What the plugin adjusted to serve the request (a size mapped to an aspect ratio, say).
+    notes: list[str] | None = None

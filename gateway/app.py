@@ -1,29 +1,44 @@
-"""``create_app(config)``: the middleware chain, the routes and the app's lifetime resources."""
+"""``create_app(config)``: the middleware chain, the routes and the process's resources.
+
+What a process makes once (the upstream connection pool, the limits backend, the access log, the
+observers, the dashboard figures) is made here. What a configuration makes (key rings, providers,
+router, redactor) is a Runtime (gateway/runtime.py), built by the same function at start-up and on
+every reload, and reached through ``app[RUNTIME_REF]``.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
-import aiohttp
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
-from gateway import access_log, dashboard, handlers, metrics, observers, openapi, provider, reload
+from gateway import admin_routes, handlers, metrics, openapi
+from gateway.access_log import AccessLog
+from gateway.appkeys import (ACCESS_LOG, DASHBOARD_SESSIONS, HTTP_CLIENT, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS,
+                             PLAN, RECORD, RELOADER, RESOURCES, RUNTIME, RUNTIME_REF, STATS)
 from gateway.config import Config
+from gateway.dashboard import views as dashboard
+from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats
-from gateway.errors import redact_server_logs, remember_secrets
 from gateway.http_client import HTTPClient
-from gateway.keys import (ACCESS_LOG, CONFIG, HTTP, LIFECYCLE, LIMIT_HEADERS, OBSERVERS, RECORD, RELOADER, SESSION, STATE,
-                          STATS)
-from gateway.limits import limits_backend_ctx
+from gateway.lifecycle import Lifecycle
+from gateway.limits.backend import make_backend
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.identity import identity_middleware
-from gateway.middleware.metrics import metrics_middleware
 from gateway.middleware.limits import limits_middleware
+from gateway.middleware.metrics import metrics_middleware
 from gateway.middleware.validation import validation_middleware
-from gateway.state import GatewayState, Lifecycle
+from gateway.observers import Observers
+from gateway.redact import RedactingFilter
+from gateway.reload import Reloader
+from gateway.router import RouterTiming
+from gateway.runtime import Resources, Runtime, RuntimeRef, build_runtime
+from gateway.upstream_http import UpstreamHTTP
 
 log = logging.getLogger("opengateway")
 
@@ -32,41 +47,61 @@ UPSTREAM_KEEPALIVE_S = 30.0
 
 #: The middleware chain, outermost first. This list is the only place the order is decided.
 MIDDLEWARES = (
-    metrics_middleware,     # request record, in-flight gauge, status and duration of everything below
+    metrics_middleware,     # request record, pinned runtime, in-flight gauge, status and duration
     errors_middleware,      # GatewayError / aiohttp HTTP errors / crashes -> OpenAI error JSON
     admin_port_middleware,  # operator routes answer 404 off the admin port (server.admin_port)
     auth_middleware,        # Authorization: Bearer -> the key's policy, or 401
     identity_middleware,    # x-opengateway-user-id / -session-id -> request record
-    validation_middleware,  # JSON body -> ImageGenerationRequest, or 400 with OpenAI's codes
+    validation_middleware,  # JSON body -> ImageRequest -> the request plan, or OpenAI's 4xx
     limits_middleware,      # the key's per-minute, in-flight and spend limits (needs n), or 429
 )
 
+#: Taken out of a request once it has been observed (gateway/observers.py).
+_RELEASED_AFTER_OBSERVING = (RECORD, PLAN, RUNTIME)
 
-async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
-    """The pooled upstream clients of an app, and the providers built on them: ``HTTP`` (the lean
-    client every built-in plugin's ``post_json`` uses) and ``SESSION`` (aiohttp, for plugins that
-    need more than a POST)."""
-    server = app[CONFIG].server
-    http = HTTPClient(limit=server.upstream_pool_size, keepalive_s=UPSTREAM_KEEPALIVE_S,
-                      max_body_bytes=server.max_upstream_body_bytes)
-    connector = aiohttp.TCPConnector(limit=server.upstream_pool_size, limit_per_host=0,
-                                     ttl_dns_cache=300, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-    # read_bufsize: image answers are megabytes; a larger buffer means fewer, larger socket reads
-    # and fewer pause/resume cycles than aiohttp's 64 KiB default.
-    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                    auto_decompress=True, trust_env=False, read_bufsize=1 << 20)
-    provider.max_upstream_body_bytes = server.max_upstream_body_bytes
-    app[HTTP], app[SESSION] = http, session
-    try:
-        app[STATE] = GatewayState.build(app[CONFIG], session, http)
-    except BaseException:
-        await session.close()
-        await http.close()
-        raise
-    yield
-    await app[STATE].registry.close()
-    await session.close()
-    await http.close()
+
+def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int
+                       ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx: what this process makes once, in order, and undoes in reverse at exit."""
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        server = config.server
+        client = app[HTTP_CLIENT] = HTTPClient(limit=server.upstream_pool_size, keepalive_s=UPSTREAM_KEEPALIVE_S,
+                                               max_body_bytes=server.max_upstream_body_bytes)
+        resources = app[RESOURCES] = Resources(UpstreamHTTP(client), timing)
+        try:
+            runtime = build_runtime(config, resources, generation=generation)
+        except BaseException:
+            await client.close()
+            raise
+        ref = app[RUNTIME_REF] = RuntimeRef(runtime)
+        stats = app[STATS]
+        reloader = app[RELOADER] = Reloader(config_path, ref, resources, on_swap=lambda r: _apply(app, r))
+        redacting = RedactingFilter(lambda: ref.current.redactor)
+        server_log = logging.getLogger("aiohttp.server")  # logs malformed requests with their headers
+        server_log.addFilter(redacting)
+        access_log = app[ACCESS_LOG] = AccessLog.open(config)
+        observers = app[OBSERVERS] = Observers(stats, access_log, _RELEASED_AFTER_OBSERVING)
+        backend = app[LIMITS] = make_backend(config.limits)
+        log.info("limits backend: %s", "memory" if config.limits.backend == "memory" else "redis")
+        background = metrics.background(lambda: ref.current)
+        try:
+            yield
+        finally:
+            await metrics.stop(background)
+            observers.flush()  # what is still queued is observed before the access log closes
+            await reloader.close()
+            await ref.current.registry.close()
+            await backend.close()
+            if access_log is not None:
+                access_log.close()
+            server_log.removeFilter(redacting)
+            await client.close()
+    return lifetime
+
+
+def _apply(app: web.Application, runtime: Runtime) -> None:
+    """After a reload: process-level consumers of reloadable settings take the new values."""
+    app[STATS].configure(runtime.config.dashboard.recent_requests, runtime.config.dashboard.max_tracked_ids)
 
 
 async def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -87,38 +122,34 @@ def add_admin_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> No
         app.router.add_route(route.method, route.path, admin(route.handler), **route.kwargs)
 
 
-def create_app(config: Config, config_path: str | None = None) -> web.Application:
-    """``config_path``: the file ``config`` was read from, re-read by a reload (gateway/reload.py)."""
+def create_app(config: Config, config_path: str | None = None, *, timing: RouterTiming = RouterTiming(),
+               session_secret: str | None = None, generation: int = 1) -> web.Application:
+    """``config_path``: the file ``config`` was read from, re-read by a reload (gateway/reload.py).
+    ``timing``: the router's clock, sleep and randomness (tests hand in a fake clock).
+    ``session_secret``: signs dashboard sessions when the config sets none (the supervisor hands
+    every worker the same one); by default each process draws its own. ``generation``: the
+    config's generation (a worker started after reloads joins at the supervisor's)."""
     server = config.server
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=server.max_body_bytes,
                           handler_args={"keepalive_timeout": server.keepalive_timeout_s,
                                         "max_line_size": server.max_line_bytes,
                                         "max_field_size": server.max_header_bytes,
                                         "max_headers": server.max_headers})
-    app[CONFIG] = config
-    remember_secrets(p.settings for p in config.providers)  # redact() scrubs them verbatim
-    redact_server_logs()  # aiohttp logs malformed requests with their headers
-    app[LIFECYCLE] = Lifecycle()
-    app[RELOADER] = reload.Reloader(config_path)
-    app.cleanup_ctx.append(_upstream_clients)
-    app.cleanup_ctx.append(reload.reloader_ctx)  # cleaned up first: retired providers, then the session
-    app.cleanup_ctx.append(limits_backend_ctx)
+    app[LIFECYCLE] = Lifecycle(separate_admin_port=server.admin_port is not None)
+    app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
+    app[DASHBOARD_SESSIONS] = Sessions(session_secret)
+    app.cleanup_ctx.append(_process_resources(config, config_path, timing, generation))
     app.on_response_prepare.append(_gateway_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/openapi.json", openapi.openapi_json)
-    add_admin_routes(app, [web.post("/admin/reload", reload.admin_reload)])
-    # Observability (README section observability): access log, /metrics, /dashboard.
-    app[ACCESS_LOG] = None
-    app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
-    app.cleanup_ctx.append(access_log.lifetime)
-    app[OBSERVERS] = observers.Observers(app)
-    app.cleanup_ctx.append(observers.lifetime)  # cleaned up before the access log closes
-    app.cleanup_ctx.append(metrics.lifetime)
-    if config.metrics.enabled:
-        add_admin_routes(app, [web.route("GET", "/metrics", metrics.metrics_endpoint)])
-    if config.dashboard.enabled:
-        add_admin_routes(app, dashboard.setup(app, config))
+    # Operator routes are always there; /metrics and /dashboard answer 404 while their section
+    # of the current config turns them off, so a reload can turn them on or off.
+    add_admin_routes(app, [web.post("/admin/reload", admin_routes.admin_reload),
+                           web.route("GET", "/metrics", admin_routes.metrics_endpoint)])
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateway.dashboard", "templates"),
+                         autoescape=True, filters=dashboard.FILTERS)
+    add_admin_routes(app, dashboard.ROUTES)
     return app

@@ -44,15 +44,20 @@ def _load(path: str | None) -> tuple[Config, bool, str | None]:
 
 
 def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
-    """A worker started by the supervisor: the config is re-read, the sockets are inherited."""
+    """A worker started by the supervisor: the sockets are inherited, and the config is the text
+    the supervisor hands over its control channel (gateway/control.py)."""
     import socket
 
+    from gateway.config import parse_config
+    from gateway.control import read_first
     from gateway.listeners import Listeners
-    from gateway.server import install_uvloop, serve
+    from gateway.server import WorkerStart, install_uvloop, serve
     from gateway.supervisor import stop_with_supervisor
 
+    control = socket.socket(fileno=args.control_fd)
+    start = read_first(control)
     try:
-        config = load_config(path) if path else config_from_env().config
+        config = parse_config(start.text, source=path or "config") if start.text is not None else config_from_env().config
     except ConfigError as exc:
         _print_problems(exc)
         return 2
@@ -60,21 +65,15 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
     listeners = Listeners(socket.socket(fileno=args.listen_fd), admin)
     install_uvloop()
     stop_with_supervisor()
-    asyncio.run(serve(config, listeners, config_path=path))
+    try:
+        asyncio.run(serve(config, listeners, config_path=path,
+                          worker=WorkerStart(control, start.generation, start.session_secret)))
+    except ConfigError as exc:  # a plugin refused its settings: the supervisor stops on code 2
+        _print_problems(exc)
+        return 2
     return 0
 
 
-def _check_plugins(config: Config) -> None:
-    """Build the providers once, so that a bad plugin setting stops the supervisor, not every worker."""
-    import aiohttp
-
-    from gateway.http_client import HTTPClient
-    from gateway.registry import Registry
-
-    async def build() -> None:
-        async with aiohttp.ClientSession() as session:
-            await Registry.build(config, session, HTTPClient()).close()
-    asyncio.run(build())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -96,8 +95,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "or OPENGATEWAY_API_KEY; or bind 127.0.0.1", file=sys.stderr)
         return 2
     try:
-        if workers > 1:
-            _check_plugins(config)
         listeners = bind_listeners(config, host, port)
     except ConfigError as exc:
         _print_problems(exc)
@@ -112,7 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         if generated_key:
             env["OPENGATEWAY_API_KEY"] = generated_key
-        return run_workers(WorkerSpec(argv, env, config.server.drain_timeout_s), listeners, workers)
+        text = _read_text(path) if path else None
+        return run_workers(WorkerSpec(argv, env, config.server.drain_timeout_s, path, text), listeners, workers)
     from gateway.server import install_uvloop, serve
 
     install_uvloop()
@@ -126,6 +124,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def _print_problems(exc: ConfigError) -> None:
     print(f"configuration problems ({len(exc.problems)}):", file=sys.stderr)
     for problem in exc.problems:
@@ -133,17 +136,16 @@ def _print_problems(exc: ConfigError) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    import aiohttp
-
     from gateway.http_client import HTTPClient
-    from gateway.registry import Registry
+    from gateway.runtime import Resources, build_runtime
+    from gateway.upstream_http import UpstreamHTTP
 
     try:
         config = load_config(args.file)
 
         async def build() -> None:
-            async with aiohttp.ClientSession() as session:
-                await Registry.build(config, session, HTTPClient()).close()
+            # The runtime serve would build, on a client that never connects.
+            await build_runtime(config, Resources(UpstreamHTTP(HTTPClient()))).registry.close()
         asyncio.run(build())
     except ConfigError as exc:
         try:
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Internal: how the supervisor hands its listening sockets to a worker.
     serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--admin-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and report every problem")

@@ -8,6 +8,7 @@ With no file at all, ``config_from_env`` builds a working configuration from the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -397,17 +398,17 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, env, source=path)
 
 
+def key_hash(token: str) -> str:
+    """The form a key takes in the config: ``sha256:<hex digest>`` (gateway/keyring.py checks it)."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
 class EnvConfig(msgspec.Struct, frozen=True):
     """A config built from the environment, and what to tell the operator at start-up."""
 
     config: Config
     generated_key: str | None
     upstream: Literal["openai", "local"]
-
-
-def key_hash(key: str) -> str:
-    import hashlib
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def config_from_env(env: Mapping[str, str] | None = None) -> EnvConfig:

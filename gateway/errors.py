@@ -6,9 +6,7 @@ keys present, as OpenAI sends it; routing failures add ``extra.routing.attempts`
 
 from __future__ import annotations
 
-import logging
-import re
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -153,51 +151,3 @@ def internal_error(request_id: str) -> GatewayError:
         f"You can retry your request, or contact us if the error persists (request id {request_id}).",
         code="internal_error",
     )
-
-
-# Upstream messages can echo credentials (OpenAI's 401 says "Incorrect API key provided: sk-...").
-_SECRET = re.compile(
-    r"(sk-[A-Za-z0-9_*\-]{4,}|Bearer\s+[A-Za-z0-9._~+/*\-]+=*|(?<=api-key: )\S+|(?<=authorization: )[^\s']+|"
-    r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@))", re.IGNORECASE)
-
-
-#: The configured provider credentials, scrubbed verbatim whatever their format (Azure keys and
-#: Entra tokens do not look like ``sk-...``). Filled by ``remember_secrets`` at app start-up.
-_known_secrets: set[str] = set()
-_SECRET_SETTING = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
-
-
-def remember_secrets(settings: Iterable[Mapping[str, Any]]) -> None:
-    """Remember the credential-like values (by setting name) of provider instances' settings."""
-    for block in settings:
-        for name, value in block.items():
-            if isinstance(value, str) and len(value) >= 8 and _SECRET_SETTING.search(name):
-                _known_secrets.add(value)
-
-
-def redact(text: str) -> str:
-    """Strip anything that looks like a credential from text bound for a client or a log."""
-    for secret in _known_secrets:
-        if secret in text:
-            text = text.replace(secret, "[redacted]")
-    return _SECRET.sub("[redacted]", text)
-
-
-class RedactingFilter(logging.Filter):
-    """For loggers that print what a client sent: aiohttp's HTTP parser logs a malformed request
-    with the offending header line, Authorization included (``Invalid header value char:
-    b'Authorization: Bearer ...'``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        record.msg, record.args = redact(record.getMessage()), ()
-        return True
-
-
-def redact_server_logs() -> None:
-    """Install the filter on aiohttp's server logger (once per process)."""
-    logger = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-        logger.addFilter(RedactingFilter())

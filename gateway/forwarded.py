@@ -66,3 +66,18 @@ def client_ip(request: web.Request, cidrs: list[str]) -> str | None:
         return request.remote
     return resolve_client_ip(request.remote, request.headers.getall("X-Forwarded-For", []),
                              trusted_networks(tuple(cidrs)))
+
+
+def came_over_tls(request: web.Request, cidrs: list[str]) -> bool:
+    """Whether the client reached us over TLS: on this connection, or through a trusted proxy that
+    says so in ``X-Forwarded-Proto`` (the right-most value: the one our proxy appended or set)."""
+    if request.secure:
+        return True
+    if not cidrs:
+        return False
+    peer = _address(request.remote) if request.remote else None
+    if peer is None or not _trusted(peer, trusted_networks(tuple(cidrs))):
+        return False
+    values = [v.strip().lower() for value in request.headers.getall("X-Forwarded-Proto", [])
+              for v in value.split(",") if v.strip()]
+    return bool(values) and values[-1] == "https"

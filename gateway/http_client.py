@@ -1,4 +1,4 @@
-"""A lean, pooled HTTP/1.1 client for the one call on the hot path: POST a body, read the answer.
+"""A lean, pooled HTTP/1.1 client for the calls on the hot path: send a request, read the answer.
 
 Why not aiohttp's ClientSession here: per request it builds a ClientRequest, a ClientResponse,
 a payload object, a timer context, a trace context and a StreamReader, and hands the body over
@@ -8,9 +8,9 @@ of Node.js and uvicorn) parse the answer as it arrives, and resolves one future 
 body. It does only what a provider call needs: keep-alive connections per origin, a pool limit
 with a FIFO queue, TLS, a response size limit, gzip/deflate when an upstream compresses anyway.
 No redirects, cookies or proxies (the session it replaces had ``trust_env=False`` too).
-aiohttp's session stays available to plugins that need more (``Provider.session``).
+Plugins reach it through ``gateway.upstream_http.UpstreamHTTP``, never directly.
 
-Failures are plain exceptions for ``post_json`` to translate: ``OSError`` (connect, reset,
+Failures are plain exceptions for ``UpstreamHTTP`` to translate: ``OSError`` (connect, reset,
 the upstream closing early), ``UpstreamProtocolError`` (unparseable answer) and
 ``ResponseTooLarge``. A cancelled call (router timeout, client gone) aborts its connection.
 """
@@ -33,6 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway import __version__
 
 USER_AGENT = f"OpenGateway/{__version__}"
+_BODILESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 class UpstreamProtocolError(OSError):
@@ -59,12 +60,12 @@ class _Target(NamedTuple):
 def check_url(url: str) -> str:
     """``url`` if this client can call it (http or https, with a host); ValueError otherwise.
     Providers call it on their configured URLs, so a bad one is a start-up problem."""
-    _target(url, "")
+    _target("GET", url, "")
     return url
 
 
 @lru_cache(maxsize=1024)  # URLs come from provider settings: few and fixed
-def _target(url: str, query: str) -> _Target:
+def _target(method: str, url: str, query: str) -> _Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
@@ -74,7 +75,7 @@ def _target(url: str, query: str) -> _Target:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if query:
         path += ("&" if parts.query else "?") + query
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host if default_port else f'{host}:{port}'}\r\n"
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host if default_port else f'{host}:{port}'}\r\n"
             f"User-Agent: {USER_AGENT}\r\nAccept-Encoding: identity\r\n")
     return _Target(Origin(parts.scheme, parts.hostname, port), head.encode("ascii"))
 
@@ -293,12 +294,18 @@ class HTTPClient:
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
                    params: Mapping[str, str] | None = None, timeout_s: float | None = None,
                    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        """POST ``body`` with ``headers`` (Host, User-Agent, Content-Length are added) and return
-        status, headers and the whole (decompressed) body. ``timeout_s`` bounds the whole call
-        (waiting for a pooled connection included) with TimeoutError."""
-        target = _target(url, urlencode(params) if params else "")
-        request = b"".join((target.head, _header_block(headers).encode("latin-1"),
-                            b"Content-Length: %d\r\n\r\n" % len(body), body))
+        return await self.request("POST", url, body, headers, params, timeout_s)
+
+    async def request(self, method: str, url: str, body: bytes, headers: Mapping[str, str],
+                      params: Mapping[str, str] | None = None, timeout_s: float | None = None,
+                      ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        """Send ``method`` with ``body`` and ``headers`` (Host, User-Agent, Content-Length are
+        added; no Content-Length for a body-less GET, HEAD or DELETE) and return status, headers
+        and the whole (decompressed) body. ``timeout_s`` bounds the whole call (waiting for a
+        pooled connection included) with TimeoutError."""
+        target = _target(method, url, urlencode(params) if params else "")
+        length = b"Content-Length: %d\r\n\r\n" % len(body) if body or method not in _BODILESS else b"\r\n"
+        request = b"".join((target.head, _header_block(headers).encode("latin-1"), length, body))
         loop = self._loop
         if loop is None:  # one client, one loop (and Python 3.11 makes a system call per lookup)
             loop = self._loop = asyncio.get_running_loop()

@@ -24,16 +24,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import hmac
 import logging
 import os
 import platform
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 import prometheus_client
-from aiohttp import web
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -44,9 +42,10 @@ from prometheus_client import (
 )
 
 from gateway import __version__
-from gateway.errors import Unauthorized
-from gateway.keys import CONFIG, STATE, RequestRecord
-from gateway.middleware import public
+from gateway.record import RequestRecord
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("opengateway.metrics")
 
@@ -171,6 +170,12 @@ class Batch:
         self.counts: dict[_Series, float] = {}
         self.values: dict[_Series, list[float]] = {}
 
+    def take(self) -> tuple[dict[_Series, float], dict[_Series, list[float]]]:
+        """Everything observed so far; the batch starts empty again."""
+        taken = self.counts, self.values
+        self.counts, self.values = {}, {}
+        return taken
+
     def inc(self, metric: Children[Any], labels: tuple[str, ...], amount: float = 1.0) -> None:
         series = (metric, labels)
         self.counts[series] = self.counts.get(series, 0.0) + amount
@@ -207,17 +212,17 @@ def _observe_all(child: Any, values: list[float]) -> None:
     total.inc(sum(values))
 
 
+#: The process's observations not yet published (the metrics themselves are process-wide too).
 _batch = Batch()
 
 
 def publish() -> None:
     """Move everything observed so far into the prometheus-client metrics."""
-    global _batch
-    batch, _batch = _batch, Batch()
-    for (metric, labels), amount in batch.counts.items():
+    counts, values = _batch.take()
+    for (metric, labels), amount in counts.items():
         metric(*labels).inc(amount)
-    for (metric, labels), values in batch.values.items():
-        _observe_all(metric(*labels), values)
+    for (metric, labels), observed in values.items():
+        _observe_all(metric(*labels), observed)
 
 
 def observe(record: RequestRecord, key_label: bool) -> None:
@@ -270,73 +275,58 @@ def set_breaker_states(targets: Iterable[dict[str, Any]]) -> None:
             _breaker(*base, state).set(1 if state == current else 0)
 
 
-_multiprocess_registry: CollectorRegistry | None = None
+class _Exposition:
+    """The registry ``/metrics`` reads: the process's own, or (several workers) one that merges
+    every worker's files, made once."""
+
+    def __init__(self) -> None:
+        self._merged: CollectorRegistry | None = None
+
+    def __call__(self) -> bytes:
+        if not MULTIPROCESS:
+            return prometheus_client.generate_latest(REGISTRY)
+        if self._merged is None:
+            self._merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._merged)
+        return prometheus_client.generate_latest(self._merged)
 
 
-def exposition() -> bytes:
-    """The text format of every metric; merged across workers in multiprocess mode."""
-    global _multiprocess_registry
-    if not MULTIPROCESS:
-        return prometheus_client.generate_latest(REGISTRY)
-    if _multiprocess_registry is None:
-        _multiprocess_registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(_multiprocess_registry)
-    return prometheus_client.generate_latest(_multiprocess_registry)
+#: The text format of every metric; merged across workers in multiprocess mode.
+exposition = _Exposition()
 
 
-@public  # not a gateway key: /metrics has its own optional token (metrics.bearer_token)
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    token = request.app[CONFIG].metrics.bearer_token
-    if token is not None:
-        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
-            return Unauthorized("A valid metrics bearer token is required.",
-                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'}).to_response()
-    state = request.app.get(STATE)
-    if state is not None:
-        refresh_breakers(state)
-    publish()
-    # Gathering is CPU work proportional to the series; it stays on the loop (milliseconds).
-    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def breaker_snapshot(state: Any) -> list[dict[str, Any]]:
+def breaker_snapshot(runtime: Runtime) -> list[dict[str, Any]]:
     """Every configured target's breaker (target, provider, region, model, state, ...) as dicts."""
-    snapshot = getattr(state.router, "snapshot", None)
-    if snapshot is None:
-        return []
-    targets = [t for route in state.registry.models.values() for t in route.targets]
-    return [t if isinstance(t, dict) else msgspec.structs.asdict(t) for t in snapshot(targets)]
+    targets = [t for route in runtime.registry.models.values() for t in route.targets]
+    return [msgspec.structs.asdict(t) for t in runtime.router.snapshot(targets)]
 
 
-def refresh_breakers(state: Any) -> None:
-    set_breaker_states(breaker_snapshot(state))
+def refresh_breakers(runtime: Runtime) -> None:
+    set_breaker_states(breaker_snapshot(runtime))
 
 
-async def lifetime(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: keep the breaker gauge current, publish the batch every second (with several
-    workers ``observe`` publishes at once) and once more at shutdown.
-    (``server.admin_port`` moves /metrics off the API port; gateway/middleware/admin.py.)"""
-    config = app[CONFIG].metrics
-
+def background(current: Callable[[], Runtime]) -> list[asyncio.Task[None]]:
+    """Keep the breaker gauge current (every ``metrics.breaker_refresh_s`` of the current config)
+    and publish the batch every second (with several workers ``observe`` publishes at once)."""
     async def refresh_forever() -> None:
         while True:
-            state = app.get(STATE)
-            if state is not None:
-                refresh_breakers(state)
-            await asyncio.sleep(config.breaker_refresh_s)
+            runtime = current()
+            if runtime.config.metrics.enabled:
+                refresh_breakers(runtime)
+            await asyncio.sleep(runtime.config.metrics.breaker_refresh_s)
 
     async def publish_forever() -> None:
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             publish()
 
-    tasks = [asyncio.create_task(refresh_forever()), asyncio.create_task(publish_forever())] if config.enabled else []
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        publish()
+    return [asyncio.create_task(refresh_forever()), asyncio.create_task(publish_forever())]
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    """At shutdown: stop the background tasks and publish what is left."""
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    publish()

@@ -7,35 +7,47 @@ are counted at once instead, see ``finished``), the dashboard's figures
 (gateway/dashboard/stats.py) and the access log (gateway/access_log.py), which writes all the
 batch's lines at once. Keeping this off the response path takes it out of every request's
 latency, and running it as one loop keeps the three consumers' code and data in the CPU caches.
+Each request is observed with the settings of the configuration it was served with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from typing import Any, Iterable
 
 from aiohttp import web
 
 from gateway import metrics
-from gateway.keys import ACCESS_LOG, BODY, CONFIG, OBSERVERS, RECORD, STATS, RequestRecord
+from gateway.access_log import AccessLog
+from gateway.dashboard.stats import Stats
+from gateway.record import RequestRecord
+from gateway.runtime import Runtime
 
 log = logging.getLogger("opengateway.observers")
 
 
 class Observers:
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-        self._pending: list[tuple[RequestRecord, str | None, web.Request]] = []
+    def __init__(self, stats: Stats, access_log: AccessLog | None, release: Iterable[web.RequestKey[Any]]) -> None:
+        self._stats = stats
+        self._access_log = access_log
+        #: What to take out of a request once it is observed (see ``flush``).
+        self._release = tuple(release)
+        self._pending: list[tuple[RequestRecord, str | None, web.Request, Runtime]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def finished(self, record: RequestRecord, prompt: str | None, request: web.Request) -> None:
-        """Queue a finished request (``prompt`` only when the access log includes prompts)."""
+    @property
+    def include_prompt(self) -> bool:
+        """Whether ``finished`` needs the prompt at all (the access log is on; the runtime decides)."""
+        return self._access_log is not None
+
+    def finished(self, record: RequestRecord, prompt: str | None, request: web.Request, runtime: Runtime) -> None:
+        """Queue a finished request (``prompt`` only when the access log may include prompts)."""
         if metrics.MULTIPROCESS:
             # Several workers: any worker's /metrics reads this one's files, and a worker can die;
             # the counts are in those files before the response is written.
-            metrics.observe(record, self._app[CONFIG].metrics.key_name_label)
-        self._pending.append((record, prompt, request))
+            metrics.observe(record, runtime.config.metrics.key_name_label)
+        self._pending.append((record, prompt, request, runtime))
         if len(self._pending) == 1:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
@@ -45,29 +57,21 @@ class Observers:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        app = self._app
-        key_label = app[CONFIG].metrics.key_name_label
-        stats, access_log = app[STATS], app[ACCESS_LOG]
-        for record, prompt, request in pending:
+        stats, access_log = self._stats, self._access_log
+        for record, prompt, request, runtime in pending:
             # aiohttp keeps a keep-alive connection's last request until the next one arrives:
-            # let go of what is ours in it (the record, the body with its prompt of up to 32,000
+            # let go of what is ours in it (the record, the plan with its prompt of up to 32,000
             # characters), now that the answer has gone out.
-            request.pop(RECORD, None)
-            request.pop(BODY, None)
+            for key in self._release:
+                request.pop(key, None)
+            config = runtime.config
             try:
                 if not metrics.MULTIPROCESS:  # counted in finished() otherwise
-                    metrics.observe(record, key_label)
+                    metrics.observe(record, config.metrics.key_name_label)
                 stats.add(record)
                 if access_log is not None:
-                    access_log.write(record, prompt)
+                    access_log.write(record, config.log, prompt)
             except Exception:  # a bug here must not lose the rest of the batch
                 log.exception("could not observe request %s", record.request_id)
         if access_log is not None:
             access_log.flush()
-
-
-async def lifetime(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx, after the access log's: what is still queued at shutdown is observed before
-    the access log closes."""
-    yield
-    app[OBSERVERS].flush()

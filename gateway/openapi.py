@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from gateway import __version__
-from gateway.api import Attempt, ImageGenerationRequest, Usage
+from gateway.api import Attempt, ImageRequest, Usage
 from gateway.cost import Cost
 from gateway.errors import ErrorBody
 from gateway.handlers import ModelList
@@ -81,7 +81,7 @@ def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
 
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document as a dict (JSON Schema 2020-12 is OpenAPI 3.1's dialect)."""
-    types = [ImageGenerationRequest, ImagesResponse, ErrorBody, ModelList, Health]
+    types = [ImageRequest, ImagesResponse, ErrorBody, ModelList, Health]
     refs, components = msgspec.json.schema_components(types, ref_template=_REF)
     request_ref, images_ref, error_ref, models_ref, health_ref = refs
     errors = {status: _json(error_ref, text) for status, text in _ERRORS.items()}

@@ -1,30 +1,40 @@
 """The provider plugin contract: everything a plugin imports from the gateway.
 
-A provider plugin is a class registered in the ``opengateway.providers`` entry-point group.
-The gateway builds one instance per configured provider instance, with that instance's
-``Settings`` and the app's shared ``aiohttp.ClientSession``, then gives it ``http``, the
-gateway's lean pooled HTTP/1.1 client (gateway/http_client.py) for ``post_json``. A plugin translates one
-``ImageRequest`` into one upstream call: it never retries, never falls back and never
-touches metrics (the router and the middleware do).
+A provider plugin is a class registered in the ``opengateway.providers`` entry-point group. The
+gateway builds one instance per configured provider instance, with that instance's ``Settings``
+and ``http``, the one interface to the upstream (gateway/upstream_http.py: a pooled HTTP/1.1
+client whose transport failures are already ProviderErrors). For each attempt the router calls
+``generate(request, call)``: ``request`` is the client's validated request, the same object for
+every target the router tries; ``call`` says which model this attempt serves, the time it has
+and the operator-allowed extra fields, and collects notes on what the plugin adjusted. A plugin
+translates one request into one upstream call: it never validates the request again (the gateway
+checked it against the capabilities ``models()`` declares), never retries, never falls back and
+never touches metrics (the router and the middleware do).
+
+Version 2 of the contract (this one) replaced version 1's ``generate(request, timeout_s)``, the
+aiohttp session handed to ``__init__``, and the module-level ``post_json`` / ``read_body``.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 from typing import Any, ClassVar, Mapping, Sequence
 
-import aiohttp
 import msgspec
 
+from gateway.api import ImageRequest
 from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
-from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError, check_url
+from gateway.http_client import check_url
+from gateway.provider_error import ProviderError
+from gateway.upstream_http import Answer, UpstreamHTTP
 
 # The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
 # keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
 __all__ = [
     "API_VERSION",
     "PASS_THROUGH_HEADERS",
+    "Answer",
+    "Call",
     "Capabilities",
     "ImageRequest",
     "ImageResult",
@@ -32,51 +42,42 @@ __all__ = [
     "Provider",
     "ProviderError",
     "SizeRule",
+    "UpstreamHTTP",
     "check_url",
     "error_from_openai",
     "openai_image_models",
     "pass_through",
-    "post_json",
-    "read_body",
     "retry_after_s",
 ]
 
 #: Bumped when the contract changes incompatibly; the gateway skips plugins built for another.
-API_VERSION = 1
+API_VERSION = 2
 
-_UNSET = msgspec.UNSET
+_NO_FIELDS: Mapping[str, Any] = {}
 
 
-class ImageRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """A validated image-generation request, as a plugin receives it.
+class Call:
+    """One attempt on one target, as the router hands it to a plugin beside the request.
 
-    ``model`` is the gateway id (``owner/model``); fields the client did not send are UNSET
-    and are not encoded. ``extra_fields`` holds operator-allowed fields beyond the contract.
+    ``model`` is the gateway id (``owner/model``) this attempt serves: the model asked, or a
+    fallback model. ``timeout_s`` bounds the attempt (hand it to ``http``). ``extra_fields`` are
+    the request fields beyond the contract that the operator allows for this model, to forward as
+    they are. ``note()`` records an adjustment the plugin made to serve the request (a size mapped
+    to an aspect ratio, say); notes are reported in the attempt, so nothing changes silently.
     """
 
-    model: str
-    prompt: str
-    n: int | msgspec.UnsetType = _UNSET
-    size: str | msgspec.UnsetType = _UNSET
-    quality: str | msgspec.UnsetType = _UNSET
-    background: str | msgspec.UnsetType = _UNSET
-    output_format: str | msgspec.UnsetType = _UNSET
-    output_compression: int | msgspec.UnsetType = _UNSET
-    moderation: str | msgspec.UnsetType = _UNSET
-    user: str | msgspec.UnsetType = _UNSET
-    extra_fields: dict[str, Any] = {}
+    __slots__ = ("model", "timeout_s", "extra_fields", "notes")
 
-    def openai_body(self, upstream_model: str) -> bytes:
-        """The JSON body for an OpenAI-compatible upstream, with ``upstream_model`` as model."""
-        if not self.extra_fields:  # the usual case: unset fields and the empty dict are omitted
-            return msgspec.json.encode(msgspec.structs.replace(self, model=upstream_model))
-        fields = msgspec.structs.asdict(self)
-        extra = fields.pop("extra_fields")
-        fields["model"] = upstream_model
-        body = {k: v for k, v in fields.items() if v is not _UNSET}
-        if extra:
-            body.update(extra)
-        return msgspec.json.encode(body)
+    def __init__(self, model: str, timeout_s: float, extra_fields: Mapping[str, Any] = _NO_FIELDS) -> None:
+        self.model = model
+        self.timeout_s = timeout_s
+        self.extra_fields = extra_fields
+        self.notes: list[str] | None = None
+
+    def note(self, text: str) -> None:
+        if self.notes is None:
+            self.notes = []
+        self.notes.append(text)
 
 
 class ImageResult(msgspec.Struct, kw_only=True):
@@ -93,96 +94,33 @@ class ImageResult(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = {}
 
 
-class ProviderError(Exception):
-    """An upstream call that did not produce images.
-
-    ``status`` is the upstream HTTP status, or None when no HTTP answer arrived (connection
-    refused or reset). ``body`` is the error object in OpenAI's shape (message, type, param,
-    code), already translated from the upstream's dialect and with no secrets in it.
-    ``retryable`` None lets the router decide from ``status``; ``retry_after_s`` carries the
-    upstream's ``retry-after`` / ``retry-after-ms``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        type: str = "server_error",
-        code: str | None = None,
-        param: str | None = None,
-        retryable: bool | None = None,
-        retry_after_s: float | None = None,
-        timeout: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.type = type
-        self.code = code
-        self.param = param
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        self.timeout = timeout
-
-    def __repr__(self) -> str:
-        return f"ProviderError(status={self.status}, code={self.code!r}, message={self.message!r})"
-
-
 class Provider(abc.ABC):
     """Base class of every provider plugin (built-in or third party)."""
 
-    #: True when ``generate`` never outlives its ``timeout_s`` (it hands it to ``post_json``): the
+    #: True when ``generate`` never outlives ``call.timeout_s`` (it hands it to ``http``): the
     #: router then sets no timer of its own around the call. Leave it False if unsure.
     bounds_its_time: ClassVar[bool] = False
     #: The contract version the plugin was written against. Third-party plugins declare it as a
-    #: literal (``api_version = 1``): an inherited value would always match, defeating the check.
+    #: literal (``api_version = 2``): an inherited value would always match, defeating the check.
     api_version: ClassVar[int] = API_VERSION
     #: msgspec Struct describing one configured instance's ``settings:`` block.
     Settings: ClassVar[type[msgspec.Struct]]
 
-    #: The gateway's pooled HTTP/1.1 client, set by the gateway right after ``__init__``: pass
-    #: it to ``post_json``. ``session`` (aiohttp) stays for calls that need more than a POST.
-    http: HTTPClient
-
-    def __init__(self, settings: Any, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Any, http: UpstreamHTTP) -> None:
         self.settings = settings
-        self.session = session
+        #: The one way to the upstream; the gateway's pool, shared by every plugin.
+        self.http = http
 
     @abc.abstractmethod
     def models(self) -> Sequence[Model]:
         """The ``owner/model`` ids this instance can serve, with their capabilities."""
 
     @abc.abstractmethod
-    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
-        """Make one upstream call within ``timeout_s`` seconds, or raise ProviderError."""
+    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+        """Make one upstream call for ``call.model`` within ``call.timeout_s``, or raise ProviderError."""
 
     async def close(self) -> None:
-        """Release what the instance holds (the shared session is the gateway's to close)."""
-
-
-#: The largest upstream body ``read_body`` accepts; the gateway sets it from its config.
-max_upstream_body_bytes = 268_435_456
-
-
-async def read_body(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
-    """Read an upstream body, refusing one larger than the configured limit (a 502, not an OOM)."""
-    limit = max_upstream_body_bytes if limit is None else limit
-    if response.content_length is not None and response.content_length > limit:
-        raise ProviderError(f"The upstream answer ({response.content_length} bytes) exceeds the "
-                            f"gateway's limit of {limit} bytes.", status=502,
-                            code="upstream_response_too_large", retryable=False)
-    chunks: list[bytes] = []
-    size = 0
-    # iter_chunks hands over each buffered socket read as it is (iter_any would join them first):
-    # the body is copied once, by the final join.
-    async for chunk, _ in response.content.iter_chunks():
-        size += len(chunk)
-        if size > limit:
-            raise ProviderError(f"The upstream answer exceeds the gateway's limit of {limit} bytes.",
-                                status=502, code="upstream_response_too_large", retryable=False)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        """Release what the instance holds (the HTTP pool is the gateway's to close)."""
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -236,32 +174,3 @@ PASS_THROUGH_HEADERS = ("openai-processing-ms", "x-ratelimit-limit-requests", "x
 def pass_through(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream headers a plugin should put in ``ImageResult.headers``."""
     return {k: v for k in PASS_THROUGH_HEADERS if (v := headers.get(k)) is not None}
-
-
-async def post_json(client: HTTPClient | aiohttp.ClientSession, url: str, body: bytes,
-                    headers: Mapping[str, str], *, upstream: str, params: Mapping[str, str] | None = None,
-                    timeout_s: float | None = None) -> tuple[int, Mapping[str, str], bytes]:
-    """POST a JSON body and read the whole answer, bounded by ``server.max_upstream_body_bytes``:
-    the status, headers (case-insensitive) and body. ``client`` is ``Provider.http`` (or an
-    aiohttp session). ``timeout_s`` (``generate``'s) bounds the call. A transport failure or a
-    timeout becomes a retryable ProviderError naming ``upstream``."""
-    try:
-        if isinstance(client, HTTPClient):
-            return await client.post(url, body, headers, params, timeout_s)
-        async with client.post(url, params=params, data=body, headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            return resp.status, resp.headers, await read_body(resp)
-    except ResponseTooLarge as exc:
-        size = f" ({exc.size} bytes)" if exc.size is not None else ""
-        raise ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
-                            status=502, code="upstream_response_too_large", retryable=False) from None
-    except asyncio.TimeoutError:
-        within = f" within {timeout_s:.3g} s" if timeout_s is not None else " in time"
-        raise ProviderError(f"{upstream} did not answer{within}.", code="timeout", timeout=True,
-                            retryable=True) from None
-    except UpstreamProtocolError as exc:
-        raise ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",
-                            retryable=True) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ProviderError(f"Could not reach {upstream}: {type(exc).__name__}.", code="connection_error",
-                            retryable=True) from None

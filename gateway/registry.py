@@ -6,18 +6,18 @@ Built once per configuration (start-up and reload) from the config and the plugi
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from gateway.catalog import Capabilities, Price, openai_image_models
-from gateway.config import Config, ConfigError, Problem, validation_problem
+from gateway.config import Config, ConfigError, KeyConfig, Problem, validation_problem
 from gateway.errors import InvalidRequest, model_not_found
-from gateway.http_client import HTTPClient
+from gateway.keyring import may_use
 from gateway.plugins import provider_class
 from gateway.provider import Provider
+from gateway.redact import secrets_of
+from gateway.upstream_http import UpstreamHTTP
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -44,6 +44,8 @@ class ModelRoute(msgspec.Struct, frozen=True):
     price: Price | None = None
     #: Where ``price`` came from: ``config`` (the operator's), ``bundled`` (models.yaml), or None.
     price_source: str | None = None
+    #: Two or more targets carry weights: their order is drawn per request (gateway/router.py).
+    weighted: bool = False
 
 
 class Registry:
@@ -54,7 +56,7 @@ class Registry:
         self.aliases = config.aliases
 
     @classmethod
-    def build(cls, config: Config, session: aiohttp.ClientSession, http: HTTPClient) -> "Registry":
+    def build(cls, config: Config, http: UpstreamHTTP) -> "Registry":
         """Instantiate every provider instance and the model table; ConfigError on any problem."""
         problems: list[Problem] = []
         providers: dict[str, Provider] = {}
@@ -72,8 +74,7 @@ class Registry:
                 problems.append(validation_problem(exc, f"{path}.settings"))
                 continue
             try:
-                instance = providers[inst.id] = plugin(settings, session)
-                instance.http = http
+                providers[inst.id] = plugin(settings, http)
             except Exception as exc:
                 problems.append(Problem(path, f"plugin '{inst.plugin}' refused its settings: {exc}"))
                 continue
@@ -102,13 +103,15 @@ class Registry:
             targets = []
             for iid, weight, served in own:
                 differs = mc.capabilities is None and served is not None and served != caps
-                plugin, region = regions[iid]
-                targets.append(Target(f"{iid}:{model_id}", iid, plugin, region, model_id, providers[iid], weight,
-                                      _with_extra_fields(served, mc.extra_fields) if differs else None))
+                plugin_name, region = regions[iid]
+                own_caps = _with_extra_fields(served, mc.extra_fields) if differs and served is not None else None
+                targets.append(Target(f"{iid}:{model_id}", iid, plugin_name, region, model_id, providers[iid],
+                                      weight, own_caps))
             caps = _with_extra_fields(caps, mc.extra_fields)
             price = mc.price or (catalog[model_id].price if model_id in catalog else None)
             source = None if price is None else "config" if mc.price is not None else "bundled"
-            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source)
+            weighted = sum(t.weight is not None for t in targets) > 1
+            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source, weighted)
         if problems:
             raise ConfigError(problems)
         return cls(config, providers, models)
@@ -129,8 +132,12 @@ class Registry:
                     f"Use '{suggestion}' instead.", param="model", code="invalid_value")
         raise model_not_found(model)
 
-    def visible_models(self, allowed: list[str]) -> list[str]:
-        return [m for m in self.models if any(fnmatch.fnmatchcase(m, g) for g in allowed)]
+    def secrets(self) -> list[str]:
+        """Every configured provider credential (for the redactor)."""
+        return [secret for inst in self.config.providers for secret in secrets_of(inst.settings)]
+
+    def visible_models(self, key: KeyConfig) -> list[str]:
+        return [m for m in self.models if may_use(key, m)]
 
     async def close(self) -> None:
         for provider in self.providers.values():

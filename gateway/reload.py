@@ -1,32 +1,30 @@
-"""Config reload (SIGHUP, ``POST /admin/reload``): re-read the file the gateway started with,
-build a new GatewayState and swap it in; a config with problems is refused and the old one stays.
+"""Config reload (SIGHUP, ``POST /admin/reload``): build a new Runtime from the config file and swap
+it in; a config with problems is refused and the running one stays.
 
-Requests in flight keep the state they started with (the handler holds a reference). The old
-providers are closed once no request can still be using them: a handler's upstream calls end
-within the old config's ``router.deadline_s``, so they are closed that long (plus a margin) after
-the swap, or at shutdown if that comes first. The limits backend belongs to the app, not to a
-config, so counters survive; a change of ``limits.backend`` / ``key_prefix`` needs a restart.
+One process (``serve`` without workers): the reload happens here. Several workers: every worker
+must run the same configuration, so a worker asks the supervisor, which reads the file once and
+runs the two-phase reload of gateway/control.py on every worker; ``prepare`` and ``commit`` below
+are the worker's two halves of it.
+
+Requests in flight keep the Runtime they started with. The old providers are closed once no
+request can still be using them: a request's upstream calls end within the old config's
+``router.deadline_s``, so they are closed that long (plus a margin) after the swap, or at shutdown
+if that comes first. The limits backend and the connection pools belong to the process, not to a
+configuration: counters survive, and the settings tied to them (gateway/runtime.py
+``PROCESS_SETTINGS``) wait for a restart, which the reload's answer and the log say.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import warnings
-from datetime import UTC, datetime
-from typing import AsyncIterator
+from typing import Awaitable, Callable
 
-import msgspec
-from aiohttp import web
-
-from gateway.config import ConfigError, Problem, load_config
-from gateway.errors import InvalidRequest, PermissionDenied, Unauthorized
-from gateway.keys import HTTP, RELOADER, SESSION, STATE
-from gateway.middleware import public
-from gateway.middleware.auth import bearer_token, key_digest
+from gateway.config import ConfigError, Problem, parse_config
+from gateway.control import Outcome
+from gateway.control import Problem as WireProblem
 from gateway.registry import Registry
-from gateway.state import GatewayState
+from gateway.runtime import Resources, Runtime, RuntimeRef, build_runtime, changed_sections, restart_required
 
 log = logging.getLogger("opengateway.reload")
 
@@ -34,42 +32,94 @@ log = logging.getLogger("opengateway.reload")
 CLOSE_MARGIN_S = 5.0
 
 
+def read_config_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def summary(runtime: Runtime, status: str = "reloaded", workers: int = 1, of: int = 1,
+            restart: list[str] | None = None) -> Outcome:
+    return Outcome(status=status, workers=workers, of=of, generation=runtime.generation,
+                   providers=len(runtime.config.providers), models=len(runtime.registry.models),
+                   keys=len(runtime.keys), restart_required=restart or [])
+
+
+def refused(problems: list[Problem], workers: int = 0, of: int = 1) -> Outcome:
+    return Outcome(status="refused", workers=workers, of=of,
+                   problems=[WireProblem(p.path, p.message, p.line) for p in problems])
+
+
 class Reloader:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, ref: RuntimeRef, resources: Resources,
+                 on_swap: Callable[[Runtime], None] | None = None) -> None:
         self.config_path = config_path
+        self.ref = ref
+        self.resources = resources
+        self.on_swap = on_swap
+        #: Set on a worker: asks the supervisor to reload every worker (gateway/worker.py).
+        self.coordinator: Callable[[], Awaitable[Outcome]] | None = None
         self._lock = asyncio.Lock()  # one reload at a time: the last file read wins, in order
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired: set[Registry] = set()
 
-    async def reload(self, app: web.Application) -> list[Problem]:
-        """Swap in the config file's current content; the problems found if it was refused."""
+    async def reload(self) -> Outcome:
+        """Reload from the config file: here, or on every worker through the supervisor."""
+        if self.coordinator is not None:
+            return await self.coordinator()
         if self.config_path is None:
             problem = Problem("$", "the gateway was started without a config file (--config or "
                                    "OPENGATEWAY_CONFIG), so there is nothing to re-read")
             log.error("config reload refused: %s", problem)
-            return [problem]
+            return refused([problem])
         async with self._lock:
             try:
-                config = load_config(self.config_path)
-                state = GatewayState.build(config, app[SESSION], app[HTTP])
-            except ConfigError as exc:
-                log.error("config reload refused, the running config stays: %s", exc)
-                return exc.problems
-            old = app[STATE]
-            _swap_state(app, state)
-            log.info("config reloaded from %s: %d providers, %d models, %d keys", self.config_path,
-                     len(config.providers), len(state.registry.models), len(config.keys))
-            if (config.limits.backend, config.limits.key_prefix) != (old.config.limits.backend,
-                                                                     old.config.limits.key_prefix):
-                log.warning("limits.backend and limits.key_prefix take effect at the next restart")
-            if config.server != old.config.server:
-                log.warning("the server section takes effect at the next restart")
-            self._close_later(old.registry, old.config.router.deadline_s + CLOSE_MARGIN_S)
-            return []
+                text = read_config_text(self.config_path)
+            except OSError as exc:
+                problem = Problem("$", f"cannot read the file: {exc.strerror}")
+                log.error("config reload refused, the running config stays: %s", problem)
+                return refused([problem])
+            runtime, problems = self.prepare(text)
+            if runtime is None:
+                return refused(problems)
+            return summary(runtime, restart=self.commit(runtime))
 
-    def reload_soon(self, app: web.Application) -> None:
+    def reload_soon(self) -> None:
         """For a signal handler: run a reload as a task (kept referenced until it ends)."""
-        self._track(asyncio.get_running_loop().create_task(self.reload(app)))
+        async def run() -> None:
+            await self.reload()
+        self._track(asyncio.get_running_loop().create_task(run()))
+
+    def prepare(self, text: str | None, generation: int | None = None) -> tuple[Runtime | None, list[Problem]]:
+        """Build the Runtime of a config file's text without using it; or the problems found."""
+        if text is None:
+            return None, [Problem("$", "the gateway was started without a config file (--config or "
+                                       "OPENGATEWAY_CONFIG), so there is nothing to re-read")]
+        try:
+            config = parse_config(text, source=self.config_path or "config")
+            # The supervisor numbers the generations of all workers alike.
+            runtime = build_runtime(config, self.resources, previous=self.ref.current, generation=generation)
+        except ConfigError as exc:
+            log.error("config reload refused, the running config stays: %s", exc)
+            return None, exc.problems
+        return runtime, []
+
+    def commit(self, runtime: Runtime) -> list[str]:
+        """Swap ``runtime`` in; the process settings it changes (they wait for a restart)."""
+        old = self.ref.current
+        self.ref.current = runtime  # one assignment: requests in flight keep the runtime they pinned
+        if self.on_swap is not None:
+            self.on_swap(runtime)
+        config = runtime.config
+        changed = changed_sections(old.config, config)
+        log.info("config reloaded (generation %d): %d providers, %d models, %d keys; changed: %s",
+                 runtime.generation, len(config.providers), len(runtime.registry.models), len(runtime.keys),
+                 ", ".join(changed) or "nothing")
+        restart = restart_required(old.config, config)
+        if restart:
+            log.warning("these settings take effect at the next restart: %s", ", ".join(restart))
+        if old.registry is not runtime.registry:
+            self._close_later(old.registry, old.config.router.deadline_s + CLOSE_MARGIN_S)
+        return restart
 
     def _close_later(self, registry: Registry, delay_s: float) -> None:
         self._retired.add(registry)
@@ -92,52 +142,3 @@ class Reloader:
         for registry in list(self._retired):
             await registry.close()
         self._retired.clear()
-
-
-def _swap_state(app: web.Application, state: GatewayState) -> None:
-    # aiohttp warns when a started app's state changes, because handlers may have cached it;
-    # here that is the point: one assignment, atomic in the event loop, and requests in flight
-    # keep the state object they already hold.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        app[STATE] = state
-
-
-async def reloader_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx, after the upstream session's: retired providers close before the session."""
-    yield
-    await app[RELOADER].close()
-
-
-def _require_admin(request: web.Request) -> None:
-    digest = key_digest(bearer_token(request))
-    config = request.app[STATE].config
-    for key in config.admin_keys:
-        expired = key.expires_at is not None and datetime.now(UTC) >= key.expires_at
-        if key.enabled and not expired and hmac.compare_digest(bytes.fromhex(key.hash.removeprefix("sha256:")), digest):
-            return
-    if any(hmac.compare_digest(bytes.fromhex(k.hash.removeprefix("sha256:")), digest) for k in config.keys):
-        raise PermissionDenied("This endpoint needs an admin key (admin_keys in the config).",
-                               code="admin_key_required")
-    raise Unauthorized("Incorrect API key provided.", headers={"WWW-Authenticate": 'Bearer realm="opengateway"'})
-
-
-class ReloadAnswer(msgspec.Struct):
-    status: str
-    providers: int
-    models: int
-    keys: int
-
-
-@public  # authenticated here with an admin key, not by the gateway-key middleware
-async def admin_reload(request: web.Request) -> web.Response:
-    _require_admin(request)
-    problems = await request.app[RELOADER].reload(request.app)
-    if problems:
-        raise InvalidRequest(f"The new config was refused ({len(problems)} problem(s)); the running config "
-                             "stays.", code="invalid_config",
-                             extra={"problems": [msgspec.to_builtins(p) for p in problems]})
-    state = request.app[STATE]
-    answer = ReloadAnswer("reloaded", len(state.config.providers), len(state.registry.models),
-                          len(state.config.keys))
-    return web.Response(body=msgspec.json.encode(answer), content_type="application/json")

@@ -15,24 +15,24 @@ timeouts, the configured statuses) are retried later; the gateway's own credenti
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
-import aiohttp
 import msgspec
 
-from gateway.api import Attempt, ImageGenerationRequest, UpstreamImagesResponse
+from gateway.api import Attempt, ImageRequest, UpstreamImagesResponse
 from gateway.breaker import CLOSED, HALF_OPEN, Breaker, State
-from gateway.catalog import Capabilities
 from gateway.config import RouterConfig
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, redact
-from gateway.provider import ImageRequest, ImageResult, ProviderError
-from gateway.registry import ModelRoute, Target
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.provider import Call, ImageResult, ProviderError
+from gateway.redact import Redactor
+from gateway.registry import Target
 from gateway.upstream import parse_upstream
-from gateway.validation import check_capabilities, reject_unknown, to_image_request
 
+log = logging.getLogger("opengateway.router")
 
 # What a failed attempt means for the rest of the request (see ``Router._classify``).
 _RETRY = 0      # retry this target (after a wait), then move on; counts against its breaker
@@ -41,19 +41,20 @@ _NEXT_SAFE = 2  # move on at once; says nothing about the target (moderation, wh
 _TERMINAL = 3   # the client's request is at fault: answer with this error
 
 
+class Candidate(msgspec.Struct, frozen=True):
+    """One target to try, as the request plan (gateway/plan.py) decided it: the extra fields its
+    model accepts, or why it cannot take the request (reported as a skipped attempt)."""
+
+    target: Target
+    extra_fields: dict[str, Any] = {}
+    unsupported: str | None = None
+
+
 class Routed(msgspec.Struct):
     result: ImageResult
     parsed: UpstreamImagesResponse
     target: Target
     attempts: list[Attempt]
-
-
-class Candidate(msgspec.Struct, frozen=True):
-    """A model to try, with the request as that model receives it (or why it cannot)."""
-
-    route: ModelRoute
-    request: ImageRequest | None
-    unsupported: str | None = None
 
 
 class TargetHealth(msgspec.Struct):
@@ -69,6 +70,14 @@ class TargetHealth(msgspec.Struct):
     #: Unix time at which an open circuit lets a probe through; None unless open.
     open_until: float | None
     retry_in_s: float
+
+
+class RouterTiming(NamedTuple):
+    """The router's clock, sleep and randomness (tests hand in a fake clock through create_app)."""
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    rng: random.Random | None = None
 
 
 def order_targets(targets: tuple[Target, ...], rng: random.Random) -> Sequence[Target]:
@@ -87,7 +96,7 @@ def order_targets(targets: tuple[Target, ...], rng: random.Random) -> Sequence[T
 
 
 class _Walk:
-    """One request's progress through its targets."""
+    """One request's progress through its candidates."""
 
     __slots__ = ("deadline", "attempts", "errors", "retries", "soonest_open_s")
 
@@ -95,84 +104,70 @@ class _Walk:
         self.deadline = deadline
         self.attempts = attempts
         self.errors: list[ProviderError] = []
-        #: Targets owed another attempt, with the earliest (clock) time for it.
-        self.retries: list[tuple[Target, ImageRequest, float]] = []
+        #: Candidates owed another attempt, with the earliest (clock) time for it.
+        self.retries: list[tuple[Candidate, float]] = []
         #: The shortest wait for a circuit that was open.
         self.soonest_open_s: float | None = None
 
 
-class Router:
-    def __init__(self, config: RouterConfig, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
-        self.config = config
-        self.clock = clock
-        self.sleep = sleep
-        self.rng = rng if rng is not None else random.Random()
-        self._retry_statuses = frozenset(config.retry_statuses)
-        self._breakers: dict[str, Breaker] = {}
-        self._weighted: dict[str, bool] = {}  # model id -> has weighted targets
+#: What a client is told when an upstream refused the gateway's own credentials: never the
+#: upstream's words, which may quote part of the key (OpenAI's "sk-abc*****wxyz").
+CREDENTIALS_REJECTED = ("The upstream rejected the gateway's credentials for target '{target}' (HTTP {status}); "
+                        "the operator has been told.")
 
-    def candidates(self, primary: ModelRoute, fallbacks: list[ModelRoute], body: ImageGenerationRequest,
-                   unknown: dict[str, Any]) -> Iterator[Candidate]:
-        """The primary model's request (the caller validated it), then each fallback model's,
-        built only when the walk reaches it. A fallback model that cannot take this request
-        is reported as skipped instead of failing the request."""
-        yield Candidate(primary, to_image_request(body, primary.id, unknown))
-        for route in fallbacks:
-            try:
-                check_capabilities(body, route.capabilities)
-                extra = reject_unknown(unknown, route.capabilities)
-            except InvalidRequest as exc:
-                yield Candidate(route, None, exc.message)
-                continue
-            yield Candidate(route, to_image_request(body, route.id, extra))
+
+class Router:
+    def __init__(self, config: RouterConfig, redactor: Redactor, timing: RouterTiming = RouterTiming(),
+                 breakers: dict[str, Breaker] | None = None) -> None:
+        self.config = config
+        self.redact = redactor
+        self.clock = timing.clock
+        self.sleep = timing.sleep
+        self.rng = timing.rng if timing.rng is not None else random.Random()
+        self._retry_statuses = frozenset(config.retry_statuses)
+        #: Per target id; a reload that keeps the breaker settings hands them to the next router.
+        self.breakers: dict[str, Breaker] = breakers if breakers is not None else {}
 
     def breaker(self, target: Target) -> Breaker:
-        breaker = self._breakers.get(target.id)
+        breaker = self.breakers.get(target.id)
         if breaker is None:
-            breaker = self._breakers[target.id] = Breaker(self.config.breaker)
+            breaker = self.breakers[target.id] = Breaker(self.config.breaker)
         return breaker
 
-    def targets(self, route: ModelRoute) -> Sequence[Target]:
-        weighted = self._weighted.get(route.id)
-        if weighted is None:
-            weighted = self._weighted[route.id] = sum(t.weight is not None for t in route.targets) > 1
-        return order_targets(route.targets, self.rng) if weighted else route.targets
+    def order(self, targets: tuple[Target, ...], weighted: bool) -> Sequence[Target]:
+        """A model's targets in the order to try them for one request."""
+        return order_targets(targets, self.rng) if weighted else targets
 
-    async def generate(self, candidates: Iterable[Candidate], deadline_s: float,
-                       attempts: list[Attempt] | None = None) -> Routed:
-        """Walk the candidates' targets once, then give the targets that failed in a retryable way
-        their further attempts, in the same order. Every attempt is appended to ``attempts``."""
+    async def walk(self, request: ImageRequest, candidates: Iterable[Candidate], deadline_s: float,
+                   attempts: list[Attempt] | None = None) -> Routed:
+        """Try each candidate once, then give those that failed in a retryable way their further
+        attempts, in the same order. Every attempt is appended to ``attempts``."""
         walk = _Walk(self.clock() + deadline_s, [] if attempts is None else attempts)
         for candidate in candidates:
-            for target in self.targets(candidate.route):
-                unsupported = candidate.unsupported
-                if unsupported is None and target.capabilities is not None:
-                    unsupported = _unsupported_by(candidate.request, target.capabilities)
-                if unsupported is not None or candidate.request is None:
-                    walk.attempts.append(_attempt(target, "skipped", 0.0, code="unsupported_request",
-                                                  message=unsupported))
-                    continue
-                routed = await self._try(walk, target, candidate.request, 0)
-                if routed is not None:
-                    return routed
+            if candidate.unsupported is not None:
+                walk.attempts.append(_attempt(candidate.target, "skipped", 0.0, code="unsupported_request",
+                                              message=candidate.unsupported))
+                continue
+            routed = await self._try(walk, request, candidate, 0)
+            if routed is not None:
+                return routed
         for retry in range(1, self.config.max_attempts_per_target):
             pending, walk.retries = walk.retries, []
-            for target, request, not_before in pending:
+            for candidate, not_before in pending:
                 if not_before >= walk.deadline:
                     continue  # its backoff or retry-after would outlast the deadline
                 wait_s = not_before - self.clock()
                 if wait_s > 0:
                     await self.sleep(wait_s)
-                routed = await self._try(walk, target, request, retry)
+                routed = await self._try(walk, request, candidate, retry)
                 if routed is not None:
                     return routed
         raise self._failure(walk, deadline_passed=walk.deadline - self.clock() <= 0)
 
-    async def _try(self, walk: _Walk, target: Target, request: ImageRequest, retry: int) -> Routed | None:
+    async def _try(self, walk: _Walk, request: ImageRequest, candidate: Candidate, retry: int) -> Routed | None:
         """One attempt on one target: the answer, or None after recording why not."""
         clock = self.clock
+        target = candidate.target
         remaining_s = walk.deadline - clock()
         if remaining_s <= 0:
             raise self._failure(walk, deadline_passed=True)
@@ -186,12 +181,14 @@ class Router:
             return None
         probe = breaker.state is HALF_OPEN
         started = clock()
+        call = Call(target.model, min(self.config.attempt_timeout_s, remaining_s), candidate.extra_fields)
         try:
-            result, parsed = await self._call(target, request, min(self.config.attempt_timeout_s, remaining_s))
+            result, parsed = await self._call(target, request, call)
         except ProviderError as exc:
             now = clock()
+            self._scrub(exc, target)
             walk.attempts.append(_attempt(target, "timeout" if exc.timeout else "failed", now - started,
-                                          exc.status, exc.code, redact(exc.message)))
+                                          exc.status, exc.code, exc.message, call.notes))
             walk.errors.append(exc)
             kind = self._classify(exc)
             if kind == _TERMINAL:
@@ -204,14 +201,25 @@ class Router:
             if kind == _RETRY and retry + 1 < self.config.max_attempts_per_target and breaker.state is CLOSED:
                 not_before = self._not_before(exc, retry, now)
                 if not_before is not None:
-                    walk.retries.append((target, request, not_before))
+                    walk.retries.append((candidate, not_before))
             return None
         except BaseException:  # cancelled (the client left) or a plugin's bug
             breaker.released(probe)
             raise
         breaker.succeeded()
-        walk.attempts.append(_attempt(target, "succeeded", clock() - started, 200))
+        walk.attempts.append(_attempt(target, "succeeded", clock() - started, 200, notes=call.notes))
         return Routed(result, parsed, target, walk.attempts)
+
+    def _scrub(self, exc: ProviderError, target: Target) -> None:
+        """Make an upstream's error text safe to show the client. A refused credential (401, 403)
+        is the operator's business: its text goes to their log at WARNING, redacted, and the client
+        gets a fixed message naming the target."""
+        if exc.status in (401, 403) and exc.code != "moderation_blocked":
+            log.warning("target %s: the upstream refused the gateway's credentials (HTTP %s, code %s): %s",
+                        target.id, exc.status, exc.code, self.redact(exc.message))
+            exc.message = CREDENTIALS_REJECTED.format(target=target.id, status=exc.status)
+        else:
+            exc.message = self.redact(exc.message)
 
     def _not_before(self, exc: ProviderError, retry: int, now: float) -> float | None:
         """When the target may be tried again: after its retry-after (None if that is longer than
@@ -221,19 +229,19 @@ class Router:
             return now + exc.retry_after_s if exc.retry_after_s <= config.max_retry_after_s else None
         return now + self.rng.uniform(0.0, min(config.backoff_cap_s, config.backoff_base_s * 2.0 ** retry))
 
-    async def _call(self, target: Target, request: ImageRequest, timeout_s: float
+    async def _call(self, target: Target, request: ImageRequest, call: Call
                     ) -> tuple[ImageResult, UpstreamImagesResponse]:
         provider = target.provider
         try:
             if provider.bounds_its_time:
-                result = await provider.generate(request, timeout_s)
+                result = await provider.generate(request, call)
             else:
-                async with asyncio.timeout(timeout_s):  # a backstop for a plugin that may ignore timeout_s
-                    result = await provider.generate(request, timeout_s)
+                async with asyncio.timeout(call.timeout_s):  # a backstop for a plugin that may ignore it
+                    result = await provider.generate(request, call)
         except TimeoutError:
-            raise ProviderError(f"The upstream did not answer within {timeout_s:.3g} s.",
+            raise ProviderError(f"The upstream did not answer within {call.timeout_s:.3g} s.",
                                 code="timeout", timeout=True, retryable=True) from None
-        except (aiohttp.ClientError, OSError) as exc:  # a plugin that let a transport error through
+        except OSError as exc:  # a plugin that let a transport error through
             raise ProviderError(f"Could not reach the upstream: {type(exc).__name__}.",
                                 code="connection_error", retryable=True) from None
         return result, parse_upstream(result.body)
@@ -262,9 +270,7 @@ class Router:
                                 "no upstream was called.", status=503, code="all_targets_unavailable",
                                 headers={"retry-after": str(max(1, math.ceil(soonest_open_s)))}, extra=extra)
         last = errors[-1] if errors else None
-        message = redact(last.message) if last else "No target could serve this request."
-        if last is not None and last.status in (401, 403):
-            message = "The gateway's credentials for the upstream were rejected; the operator has been told."
+        message = last.message if last else "No target could serve this request."  # scrubbed by _try
         if deadline_passed:
             return UpstreamTimeout(f"The request deadline passed before any target succeeded. {message}",
                                    extra=extra)
@@ -284,7 +290,7 @@ class Router:
         now, wall = self.clock(), time.time()
         out = []
         for target in targets:
-            breaker = self._breakers.get(target.id)
+            breaker = self.breakers.get(target.id)
             if breaker is None:
                 out.append(TargetHealth(target.id, target.plugin, target.region, target.model,
                                         "closed", 0, 0, None, 0.0))
@@ -297,30 +303,17 @@ class Router:
         return out
 
 
-def _unsupported_by(request: ImageRequest | None, caps: Capabilities) -> str | None:
-    """Why one deployment cannot take a request its model accepts (ImageRequest has the fields
-    check_capabilities reads), or None."""
-    if request is None:
-        return None
-    try:
-        check_capabilities(request, caps)  # type: ignore[arg-type]
-        reject_unknown(request.extra_fields, caps)
-    except InvalidRequest as exc:
-        return exc.message
-    return None
-
-
 def _terminal(exc: ProviderError, attempts: list[Attempt]) -> GatewayError:
     """A client error from upstream reaches the client unchanged in shape; retrying cannot help."""
-    return GatewayError(redact(exc.message), status=exc.status, type=exc.type, code=exc.code,
+    return GatewayError(exc.message, status=exc.status, type=exc.type, code=exc.code,
                         param=exc.param, headers={"x-should-retry": "false"}, extra=_routing(attempts))
 
 
 def _attempt(target: Target, status: str, latency_s: float, http_status: int | None = None,
-             code: str | None = None, message: str | None = None) -> Attempt:
+             code: str | None = None, message: str | None = None, notes: list[str] | None = None) -> Attempt:
     return Attempt(provider=target.plugin, region=target.region, status=status, model=target.model,
                    target=target.id, latency_ms=round(latency_s * 1000, 3), http_status=http_status,
-                   error_code=code, error_message=message)
+                   error_code=code, error_message=message, notes=notes)
 
 
 def _routing(attempts: list[Attempt]) -> dict[str, Any]:

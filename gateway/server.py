@@ -16,14 +16,17 @@ import gc
 import logging
 import os
 import signal
+import socket
 from typing import Callable
 
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.appkeys import DASHBOARD_SESSIONS, LIFECYCLE, RELOADER
 from gateway.config import Config
-from gateway.keys import LIFECYCLE, RELOADER
+from gateway.control import Channel
 from gateway.listeners import BACKLOG, Listeners, bind_listeners
+from gateway.worker import WorkerControl
 
 __all__ = ["Listeners", "bind_listeners", "install_uvloop", "serve"]
 
@@ -66,18 +69,31 @@ def tune_malloc() -> bool:
 
 
 def _on_reload(app: web.Application) -> Callable[[], None]:
-    """SIGHUP: re-read the config file and swap it in (gateway/reload.py)."""
+    """SIGHUP: re-read the config file and swap it in (gateway/reload.py); on a worker, through the
+    supervisor, on every worker."""
     def reload() -> None:
         log.info("SIGHUP received: reloading the config")
-        app[RELOADER].reload_soon(app)
+        app[RELOADER].reload_soon()
     return reload
 
 
+class WorkerStart:
+    """What a worker was handed by the supervisor: its control socket and the config's
+    generation and session secret (gateway/control.py)."""
+
+    def __init__(self, control: socket.socket, generation: int, session_secret: str | None) -> None:
+        self.control = control
+        self.generation = generation
+        self.session_secret = session_secret
+
+
 async def serve(config: Config, listeners: Listeners, *,
-                on_ready: Callable[[Listeners], None] | None = None, config_path: str | None = None) -> None:
+                on_ready: Callable[[Listeners], None] | None = None, config_path: str | None = None,
+                worker: WorkerStart | None = None) -> None:
     """Serve on already-bound sockets until SIGTERM / SIGINT, then drain and return."""
     tune_malloc()
-    app = create_app(config, config_path)
+    app = create_app(config, config_path, session_secret=worker.session_secret if worker else None,
+                     generation=worker.generation if worker else 1)
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # upstream call (aiohttp >= 3.9 leaves handlers running unless asked).
     # shutdown_timeout: how long runner.cleanup() lets handlers in flight finish before it
@@ -98,8 +114,17 @@ async def serve(config: Config, listeners: Listeners, *,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # Config reload lives here: one handler per process (the supervisor forwards SIGHUP to workers).
+    # Config reload: SIGHUP to this process (to a worker: the supervisor reloads them all).
     loop.add_signal_handler(signal.SIGHUP, _on_reload(app))
+    # A worker starts with SIGHUP blocked (gateway/supervisor.py), so one sent before this point
+    # waits instead of killing it; it is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    control = None
+    if worker is not None:
+        control = WorkerControl(await Channel.open(worker.control), app[RELOADER],
+                                on_broadcast=app[DASHBOARD_SESSIONS].on_broadcast)
+        app[DASHBOARD_SESSIONS].broadcast = control.broadcast
+        control.start()
 
     _freeze_startup_objects()
     log.info("OpenGateway listening on http://%s:%s", *listeners.public.getsockname()[:2])
@@ -112,6 +137,8 @@ async def serve(config: Config, listeners: Listeners, *,
             # The handlers stay during the drain: a second signal (Ctrl-C reaches every worker
             # of the terminal's process group, besides the supervisor's SIGTERM) changes nothing.
             await _drain(app, runner, config.server.drain_timeout_s)
+            if control is not None:
+                await control.close()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

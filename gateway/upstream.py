@@ -35,7 +35,7 @@ def parse_upstream(body: bytes) -> UpstreamImagesResponse:
 
 def skeleton(body: bytes) -> bytes:
     """``body`` with the contents of every ``"b64_json": "..."`` string removed."""
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     view = memoryview(body)
     kept = 0  # body[kept:] is not yet in parts
     at = body.find(_KEY)

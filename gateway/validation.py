@@ -1,9 +1,11 @@
 """Request validation faithful to OpenAI's error wording and codes.
 
-Valid bodies take the fast path: one msgspec decode into ``ImageGenerationRequest``. Only when
-that fails is the body decoded again, generically, and walked against the Struct's own type
-information (``msgspec.inspect``) to find the first problem and word it as OpenAI does. The
-rules therefore live in one place, the Struct definitions in ``gateway.api``.
+Valid bodies take the fast path: one msgspec decode into ``ImageRequest``. Only when that fails
+is the body decoded again, generically, and walked against the Struct's own type information
+(``msgspec.inspect``) to find the first problem and word it as OpenAI does. The rules therefore
+live in one place, the Struct definitions in ``gateway.api``. The model-dependent checks
+(``capability_error``, ``unknown_field_error``) answer for one model's capabilities; the request
+plan (gateway/plan.py) asks them for every model and target it considers.
 """
 
 from __future__ import annotations
@@ -14,19 +16,17 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from gateway.api import ImageGenerationRequest
+from gateway.api import ImageRequest
 from gateway.catalog import Capabilities
 from gateway.errors import InvalidRequest
-from gateway.provider import ImageRequest
 
-_UNSET = msgspec.UNSET
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
                     int: "an integer", float: "a number", type(None): "null"}
 
-_decoder = msgspec.json.Decoder(ImageGenerationRequest)
+_decoder = msgspec.json.Decoder(ImageRequest)
 
 
-def decode_request(body: bytes) -> tuple[ImageGenerationRequest, dict[str, Any]]:
+def decode_request(body: bytes) -> tuple[ImageRequest, dict[str, Any]]:
     """Decode a request body into the request and its unknown top-level fields, or raise the
     InvalidRequest OpenAI would answer with. Unknown fields are judged later, against the
     target model's ``extra_fields``."""
@@ -46,7 +46,7 @@ def _invalid_json() -> InvalidRequest:
     )
 
 
-def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageGenerationRequest, dict[str, Any]]:
+def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageRequest, dict[str, Any]]:
     try:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError:  # the typed decoder can fail on a type before it sees bad syntax
@@ -56,25 +56,25 @@ def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageGenerati
             f"Invalid type for request body: expected an object, but got {_json_type(value)} instead.",
             code="invalid_type",
         )
-    info = _struct_info(ImageGenerationRequest)
+    info = _struct_info(ImageRequest)
     known = {f.encode_name for f in info.fields}
     unknown = {k: value.pop(k) for k in list(value) if k not in known}
     problem = _check_object(value, info, "")
     if problem is not None:
         raise problem
     try:
-        return msgspec.convert(value, ImageGenerationRequest), unknown
+        return msgspec.convert(value, ImageRequest), unknown
     except msgspec.ValidationError:
         # The walker mirrors msgspec's rules; should they ever disagree, msgspec's message stands.
         raise InvalidRequest(str(exc), code="invalid_value") from None
 
 
-def reject_unknown(unknown: dict[str, Any], caps: Capabilities) -> dict[str, Any]:
-    """The unknown fields the model allows (forwarded as is), or the first one it does not."""
+def unknown_field_error(unknown: dict[str, Any], caps: Capabilities) -> InvalidRequest | None:
+    """The first field beyond the contract that the model does not allow (``extra_fields``)."""
     for key in unknown:
         if key not in caps.extra_fields:
-            raise InvalidRequest(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
-    return unknown
+            return InvalidRequest(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
+    return None
 
 
 @functools.cache
@@ -180,61 +180,60 @@ def _supported(param: str, value: object, allowed: tuple[str, ...]) -> InvalidRe
                           param=param, code="invalid_value")
 
 
-def reject_unsupported(req: ImageGenerationRequest) -> None:
-    """Fields the product page documents but the gateway does not serve (yet)."""
+def unsupported_error(req: ImageRequest) -> InvalidRequest | None:
+    """Fields the product page documents but the gateway does not serve (yet), whatever the model."""
     if req.stream:
-        raise InvalidRequest(
+        return InvalidRequest(
             "Streaming is not supported yet: OpenGateway serves non-stream image generation only. "
             "Omit 'stream' or set it to false.", param="stream", code="unsupported_value")
-    if req.partial_images not in (_UNSET, None):
-        raise InvalidRequest(
+    if req.partial_images is not None:
+        return InvalidRequest(
             "Unsupported parameter: 'partial_images' is a streaming-only parameter, and streaming "
             "is not supported yet.", param="partial_images", code="unsupported_parameter")
-    if req.style not in (_UNSET, None):
-        raise InvalidRequest(
+    if req.style is not None:
+        return InvalidRequest(
             "Unsupported parameter: 'style' is only supported for dall-e-3, which OpenGateway "
             "does not serve.", param="style", code="unsupported_parameter")
-    if req.response_format not in (_UNSET, None, "b64_json"):
+    if req.response_format not in (None, "b64_json"):
         if req.response_format == "url":
-            raise InvalidRequest(
+            return InvalidRequest(
                 "Invalid value: 'url'. GPT Image models always return base64-encoded images "
                 "(b64_json); URL responses exist only for dall-e-2 and dall-e-3.",
                 param="response_format", code="unsupported_value")
-        raise _supported("response_format", req.response_format, ("b64_json",))
+        return _supported("response_format", req.response_format, ("b64_json",))
+    return None
 
 
-def _given(value: Any) -> bool:
-    return value is not _UNSET and value is not None
-
-
-def check_capabilities(req: ImageGenerationRequest, caps: Capabilities) -> None:
-    """Check the model-dependent fields against the target model's capabilities."""
-    if _given(req.n) and req.n > caps.max_n:  # type: ignore[operator]
-        raise InvalidRequest(
+def capability_error(req: ImageRequest, caps: Capabilities) -> InvalidRequest | None:
+    """Whether a model (or one deployment of it) with ``caps`` can take the request: the first
+    model-dependent field it does not accept, or None."""
+    if req.n is not None and req.n > caps.max_n:
+        return InvalidRequest(
             f"Invalid 'n': integer above maximum value. Expected a value <= {caps.max_n}, "
             f"but got {req.n} instead.", param="n", code="integer_above_max_value")
-    if _given(req.size) and req.size not in caps.sizes:
-        problem = _flexible_size_problem(req.size, caps)  # type: ignore[arg-type]
+    if req.size is not None and req.size not in caps.sizes:
+        problem = _flexible_size_problem(req.size, caps)
         if problem is not None:
-            raise problem
+            return problem
     for param, allowed in (("quality", caps.qualities), ("background", ("auto", "transparent", "opaque")),
                            ("output_format", caps.output_formats), ("moderation", caps.moderation)):
         value = getattr(req, param)
-        if _given(value) and value not in allowed:
-            raise _supported(param, value, allowed)
-    fmt = req.output_format if _given(req.output_format) else "png"
+        if value is not None and value not in allowed:
+            return _supported(param, value, allowed)
+    fmt = req.output_format or "png"
     if req.background == "transparent" and fmt not in caps.transparent_formats:
         if not caps.transparent_formats:
-            raise InvalidRequest("Transparent backgrounds are not supported by this model.",
-                                 param="background", code="invalid_value")
-        raise InvalidRequest(
+            return InvalidRequest("Transparent backgrounds are not supported by this model.",
+                                  param="background", code="invalid_value")
+        return InvalidRequest(
             f"Transparent background requires output_format {_or(caps.transparent_formats)}, "
             f"but got '{fmt}'.", param="background", code="invalid_value")
-    if _given(req.output_compression) and fmt not in caps.compression_formats:
-        raise InvalidRequest(
+    if req.output_compression is not None and fmt not in caps.compression_formats:
+        return InvalidRequest(
             f"Invalid value for 'output_compression': compression applies only to "
             f"{_or(caps.compression_formats)} output, but output_format is '{fmt}'.",
             param="output_compression", code="invalid_value")
+    return None
 
 
 def _or(values: tuple[str, ...]) -> str:
@@ -255,15 +254,3 @@ def _flexible_size_problem(size: str, caps: Capabilities) -> InvalidRequest | No
         return InvalidRequest(f"Invalid value: '{size}'. For this model {why}.",
                               param="size", code="invalid_value")
     return None
-
-
-def to_image_request(req: ImageGenerationRequest, model: str, extra_fields: dict[str, Any]) -> ImageRequest:
-    """The plugin-facing request: null fields become unset, gateway-only fields are dropped."""
-    def v(x: Any) -> Any:
-        return _UNSET if x is None else x
-    return ImageRequest(
-        model=model, prompt=req.prompt, n=v(req.n), size=v(req.size), quality=v(req.quality),
-        background=v(req.background), output_format=v(req.output_format),
-        output_compression=v(req.output_compression), moderation=v(req.moderation),
-        user=v(req.user), extra_fields=extra_fields,
-    )

@@ -17,12 +17,10 @@ import re
 from typing import Literal, Mapping, Sequence
 from urllib.parse import quote
 
-import aiohttp
 import msgspec
 
-from gateway.catalog import openai_image_models
-from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError, check_url,
-                              pass_through, post_json, retry_after_s)
+from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
+                              UpstreamHTTP, check_url, openai_image_models, pass_through, retry_after_s)
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
 
@@ -73,12 +71,12 @@ def azure_capabilities(model_id: str) -> Capabilities:
 
 
 class AzureOpenAIProvider(Provider):
-    api_version = 1
+    api_version = 2
     Settings = AzureOpenAISettings
-    bounds_its_time = True  # post_json gets timeout_s
+    bounds_its_time = True  # http gets call.timeout_s
 
-    def __init__(self, settings: AzureOpenAISettings, session: aiohttp.ClientSession) -> None:
-        super().__init__(settings, session)
+    def __init__(self, settings: AzureOpenAISettings, http: UpstreamHTTP) -> None:
+        super().__init__(settings, http)
         self.base = check_url(settings.endpoint.rstrip("/") + "/openai")
         self.params = {"api-version": settings.api_version or DEFAULT_API_VERSION[settings.url_form]}
         self.headers = {"Content-Type": "application/json"}
@@ -97,17 +95,16 @@ class AzureOpenAIProvider(Provider):
             return f"{self.base}/v1/images/generations"
         return f"{self.base}/deployments/{quote(deployment, safe='')}/images/generations"
 
-    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
-        deployment = self.settings.deployments.get(request.model)
+    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+        deployment = self.settings.deployments.get(call.model)
         if deployment is None:
-            raise ProviderError(f"This Azure OpenAI instance has no deployment for '{request.model}'.",
+            raise ProviderError(f"This Azure OpenAI instance has no deployment for '{call.model}'.",
                                 status=404, type="invalid_request_error", code="model_not_found")
-        _refuse_unsupported(request)
         # The deployment form ignores the body's model; the v1 form needs the deployment there.
-        body = request.openai_body(deployment)
-        status, headers, raw = await post_json(self.http, self.url(deployment), body, self.headers,
-                                               upstream="Azure OpenAI", params=self.params,
-                                               timeout_s=timeout_s)
+        body = request.openai_body(deployment, call.extra_fields)
+        status, headers, raw = await self.http.post_json(self.url(deployment), body, self.headers,
+                                                         upstream="Azure OpenAI", params=self.params,
+                                                         timeout_s=call.timeout_s)
         if not 200 <= status < 300:
             error = azure_error(status, raw, headers)
             if self._secret and self._secret in error.message:  # never echo our credential onwards
@@ -115,17 +112,6 @@ class AzureOpenAIProvider(Provider):
             raise error
         request_id = headers.get("apim-request-id") or headers.get("x-request-id")
         return ImageResult(body=raw, upstream_request_id=request_id, headers=pass_through(headers))
-
-
-def _refuse_unsupported(request: ImageRequest) -> None:
-    """Guard for a route whose capabilities came from another provider (the gateway checks the
-    model's capabilities first): refuse in OpenAI's words rather than let Azure answer."""
-    fmt = request.output_format if request.output_format is not msgspec.UNSET else "png"
-    if fmt == "webp" or (request.output_compression is not msgspec.UNSET and fmt != "jpeg"):
-        param = "output_format" if fmt == "webp" else "output_compression"
-        raise ProviderError(f"Azure OpenAI does not support {param} '{getattr(request, param)}' here.",
-                            status=400, type="invalid_request_error", code="invalid_value", param=param,
-                            retryable=False)
 
 
 class _InnerError(msgspec.Struct):

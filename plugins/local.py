@@ -25,12 +25,12 @@ import re
 import textwrap
 import time
 import uuid
-from typing import Annotated, Any, Iterable, Sequence
+from typing import Annotated, Any, Sequence
 
 import msgspec
 
-from gateway.catalog import openai_image_models
-from gateway.provider import Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError
+from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
+                              openai_image_models)
 
 __all__ = ["FAILURES", "IMAGE_TOKENS", "LocalProvider"]
 
@@ -64,6 +64,8 @@ _FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
 class LocalProvider(Provider):
     """Draws images in-process; used when no upstream is configured, and in demos and tests."""
 
+    api_version = 2
+
     class Settings(msgspec.Struct, forbid_unknown_fields=True):
         #: Ids to serve; None serves every GPT Image model in the catalog.
         models: list[str] | None = None
@@ -75,20 +77,17 @@ class LocalProvider(Provider):
         ids = list(catalog) if self.settings.models is None else self.settings.models
         return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
 
-    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
+    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+        # The gateway has checked every value against models()' capabilities already.
         width, height = _parse_size(request.size)
-        fmt = _choice(request.output_format, "png", _FORMATS, "output_format")
-        quality = _choice(request.quality, "auto", ("auto", *IMAGE_TOKENS), "quality")
-        quality = "medium" if quality == "auto" else quality
-        background = _choice(request.background, "auto", ("auto", "opaque", "transparent"), "background")
-        transparent = background == "transparent" and fmt != "jpeg"  # JPEG has no alpha channel
-        n = 1 if request.n is msgspec.UNSET else request.n
-        if not 1 <= n <= 10:
-            raise _invalid("n", f"Invalid 'n': expected a value between 1 and 10, but got {n} instead.")
+        fmt = request.output_format or "png"
+        quality = request.quality if request.quality not in (None, "auto") else "medium"
+        transparent = request.background == "transparent" and fmt != "jpeg"  # JPEG has no alpha channel
+        n = request.images
         # OpenAI's output_compression defaults to 100 (best) and maps onto Pillow's quality as is.
-        compression = 100 if request.output_compression is msgspec.UNSET else request.output_compression
-        compression = min(max(compression, 0), 100)
+        compression = 100 if request.output_compression is None else request.output_compression
         prompt = request.prompt
+        timeout_s = call.timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 if self.settings.latency_s:
@@ -129,26 +128,17 @@ def _image_tokens(quality: str, width: int, height: int) -> int:
     return table.get(f"{width}x{height}") or round(table["1024x1024"] * width * height / 1_048_576)
 
 
-def _invalid(param: str, message: str) -> ProviderError:
-    # The gateway validates first; this only guards against a caller that did not.
-    return ProviderError(message, status=400, type="invalid_request_error", code="invalid_value", param=param)
-
-
-def _choice(value: str | msgspec.UnsetType, default: str, allowed: Iterable[str], param: str) -> str:
-    choice = default if value is msgspec.UNSET else value
-    if choice not in allowed:
-        supported = ", ".join(f"'{a}'" for a in allowed)
-        raise _invalid(param, f"Invalid value: '{choice}'. Supported values are: {supported}.")
-    return choice
-
-
-def _parse_size(size: str | msgspec.UnsetType) -> tuple[int, int]:
-    if size is msgspec.UNSET or size == "auto":
+def _parse_size(size: str | None) -> tuple[int, int]:
+    if size is None or size == "auto":
         return 1024, 1024
     match = _SIZE.fullmatch(size)
     if match and int(match[1]) * int(match[2]) <= _MAX_PIXELS:
         return int(match[1]), int(match[2])
-    raise _invalid("size", f"Invalid value: '{size}'. Expected 'auto' or WxH up to {_MAX_PIXELS:,} pixels.")
+    # Only reachable when an operator's `capabilities` allow more than this provider can draw:
+    # the bound keeps one request's CPU and memory in check.
+    raise ProviderError(f"The local provider draws at most {_MAX_PIXELS:,} pixels; '{size}' is more.",
+                        status=400, type="invalid_request_error", code="invalid_value", param="size",
+                        retryable=False)
 
 
 def _raise_simulated_failure(prompt: str) -> None:

@@ -1,7 +1,7 @@
 """The ``openai`` provider: OpenAI's Images API (or any server that speaks it) over HTTP.
 
 Sends the request with the bare model name (``openai/gpt-image-2`` -> ``gpt-image-2``) through
-the gateway's pooled upstream client (``Provider.http``), and turns every non-2xx answer into a
+the gateway's upstream interface (``Provider.http``), and turns every non-2xx answer into a
 ProviderError in OpenAI's error shape.
 """
 
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import aiohttp
 import msgspec
 
-from gateway.catalog import openai_image_models
-from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, check_url,
-                              error_from_openai, pass_through, post_json)
+from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, UpstreamHTTP,
+                              check_url, error_from_openai, openai_image_models, pass_through)
 
 
 class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -28,10 +26,11 @@ class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class OpenAIProvider(Provider):
     Settings = OpenAISettings
-    bounds_its_time = True  # post_json gets timeout_s
+    api_version = 2
+    bounds_its_time = True  # http gets call.timeout_s
 
-    def __init__(self, settings: OpenAISettings, session: aiohttp.ClientSession) -> None:
-        super().__init__(settings, session)
+    def __init__(self, settings: OpenAISettings, http: UpstreamHTTP) -> None:
+        super().__init__(settings, http)
         if not settings.api_key:
             raise ValueError("api_key is empty")
         self.url = check_url(settings.base_url.rstrip("/") + "/images/generations")
@@ -46,9 +45,10 @@ class OpenAIProvider(Provider):
         ids = self.settings.models if self.settings.models is not None else list(catalog)
         return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
 
-    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
-        body = request.openai_body(request.model.partition("/")[2])
-        status, headers, raw = await post_json(self.http, self.url, body, self.headers, upstream="OpenAI", timeout_s=timeout_s)
+    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+        body = request.openai_body(call.model.partition("/")[2], call.extra_fields)
+        status, headers, raw = await self.http.post_json(self.url, body, self.headers, upstream="OpenAI",
+                                                         timeout_s=call.timeout_s)
         if not 200 <= status < 300:
             raise error_from_openai(status, raw, headers)
         return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"), headers=pass_through(headers))

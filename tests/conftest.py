@@ -1,25 +1,34 @@
-"""Fixtures: the real app, with real plugins, against a fake upstream on loopback."""
+"""Fixtures: the real app, with real plugins, against a fake upstream on loopback; the router on
+a fake clock; real Redis servers. Every fixture of the suite is defined here."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import random
+import shutil
+from typing import Any, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.config import Config, parse_config
+from gateway.config import Config, key_hash, parse_config
+from gateway.router import RouterTiming
 from tests.fake_upstream import FakeUpstream
+from tests.redis_server import RedisServer, require_redis_server
 
 # Unique markers: a test scans outputs for them to prove no key leaks.
 GATEWAY_KEY = "og-test-gateway-key-7f3a9c1e5b"
 UPSTREAM_KEY = "sk-test-upstream-secret-4d2e8b6a"
 OTHER_KEY = "og-test-other-key-0b1c2d3e4f"
-
-
-def key_hash(key: str) -> str:
-    import hashlib
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+ADMIN_KEY = "og-admin-key-9d8c7b6a5f4e3d2c"
+#: Config lines for a dashboard test: one admin key, no retries, no auto-refresh.
+ADMIN = f"""
+admin_keys:
+  - name: ops
+    hash: "{key_hash(ADMIN_KEY)}"
+router: {{max_attempts_per_target: 1}}
+dashboard: {{refresh_s: 3600}}
+"""
 
 
 @pytest.fixture
@@ -59,8 +68,9 @@ def make_config(upstream: Any) -> Callable[..., Config]:
 
 @pytest.fixture
 def make_client(aiohttp_client: Callable[..., Any], make_config: Callable[..., Config]) -> Callable[..., Any]:
-    async def make(extra: str = "", config: Config | None = None) -> TestClient:
-        return await aiohttp_client(create_app(config or make_config(extra)))
+    async def make(extra: str = "", config: Config | None = None, timing: RouterTiming = RouterTiming()
+                   ) -> TestClient:
+        return await aiohttp_client(create_app(config or make_config(extra), timing=timing))
     return make
 
 
@@ -88,3 +98,44 @@ async def eventually(condition: Callable[[], bool], bound_s: float = 15.0) -> bo
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+@pytest.fixture
+def clock() -> Any:
+    from tests.router_harness import FakeClock
+    return FakeClock()
+
+
+@pytest.fixture
+def routed(make_client: Callable[..., Any], make_config: Callable[..., Any], upstream: FakeUpstream,
+           clock: Any) -> Callable[..., Any]:
+    """A client of the real app whose router runs on the fake clock and a seeded rng
+    (tests/router_harness.py), handed in through create_app as any caller would."""
+    from tests.router_harness import TWO_REGIONS, config_yaml
+
+    async def make(models: str = TWO_REGIONS, router: str = "", seed: int = 7) -> TestClient:
+        config = make_config(yaml_text=config_yaml(upstream.url, models, router))
+        return await make_client(config=config, timing=RouterTiming(clock, clock.sleep, random.Random(seed)))
+    return make
+
+
+def _redis() -> Iterator[RedisServer]:
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> Iterator[RedisServer]:
+    """One real redis-server for a test module; tests keep apart with their own ``limits.key_prefix``."""
+    yield from _redis()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, to stop or pause mid-run."""
+    yield from _redis()

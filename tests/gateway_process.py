@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +81,18 @@ class GatewayProcess:
             self.process.kill()  # our own child, by pid; its workers see their parent go and exit
             await self.process.wait()
         await self._reader
+
+
+async def wait_listening(proc: subprocess.Popen[str], port: int) -> None:
+    """Until a gateway started with ``subprocess.Popen`` accepts connections on ``port``."""
+    for _ in range(200):  # bounded, up to ~10 s on a busy machine
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the gateway did not start listening")

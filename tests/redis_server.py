@@ -10,7 +10,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Iterator
 
 import pytest
 import redis
@@ -81,31 +80,10 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
 
-def _require_binary() -> str:
+def require_redis_server() -> str:
+    """The redis-server binary; the test is skipped without one (fails under CI, which installs it)."""
     if REDIS_SERVER is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed, and CI is set: install it (apt-get install -y redis-server)")
         pytest.skip("redis-server is not installed")
     return REDIS_SERVER
-
-
-def _serve() -> Iterator[RedisServer]:
-    server = RedisServer(_require_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    """One server for a test module; tests keep apart with their own ``limits.key_prefix``."""
-    yield from _serve()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A server of the test's own, to stop or pause mid-run."""
-    yield from _serve()

@@ -1,5 +1,5 @@
 """The routing tests' harness: the real app and the real openai plugin against the fake upstream,
-with the router on a fake clock.
+with the router on a fake clock (the ``clock`` and ``routed`` fixtures in tests/conftest.py).
 
 Two provider instances (regions ``global`` and ``eu-west``) point at the same fake upstream, which
 scripts behaviours per upstream model name. The router runs on a fake clock whose sleep advances
@@ -9,18 +9,15 @@ time at once, so backoff, retry-after, deadlines and breaker cooldowns cost no r
 from __future__ import annotations
 
 import asyncio
-import random
-from typing import Any, Callable
+from typing import Any
 
 import openai
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import STATE
-from gateway.router import Router
-from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY, key_hash
-from tests.fake_upstream import Behaviour, FakeUpstream
+from gateway.config import key_hash
+from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY
+from tests.fake_upstream import Behaviour
 
 PROMPT = "A small red cube on a white background."
 
@@ -80,23 +77,6 @@ SINGLE_WITH_FALLBACK = """
   openai/gpt-image-1: {targets: [openai-main], fallbacks: [openai/gpt-image-1-mini]}
   openai/gpt-image-1-mini: {targets: [openai-eu]}
 """
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def routed(make_client: Callable[..., Any], make_config: Callable[..., Any], upstream: FakeUpstream,
-           clock: FakeClock) -> Callable[..., Any]:
-    """A client of the real app whose router runs on the fake clock and a seeded rng."""
-    async def make(models: str = TWO_REGIONS, router: str = "", seed: int = 7) -> TestClient:
-        config = make_config(yaml_text=config_yaml(upstream.url, models, router))
-        client = await make_client(config=config)
-        client.app[STATE].router = Router(config.router, clock=clock, sleep=clock.sleep, rng=random.Random(seed))
-        return client
-    return make
 
 
 async def post(client: TestClient, model: str = "openai/gpt-image-1", **fields: Any) -> tuple[int, Any, Any]:

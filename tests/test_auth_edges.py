@@ -4,12 +4,12 @@ text 400, README section reliability); raw sockets show which."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from tests.conftest import GATEWAY_KEY
+from tests.raw_http import raw
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -61,18 +61,6 @@ async def test_bad_analytics_headers_are_400(client: Any, header: str, value: st
     status, body = await models(client, {"Authorization": f"Bearer {GATEWAY_KEY}", header: value})
     assert status == 400
     assert set(body["error"]) == ERROR_KEYS and body["error"]["param"] == header
-
-
-async def raw(client: Any, header_lines: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
-    try:
-        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + header_lines + b"\r\n")
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
 
 
 async def test_non_ascii_token_is_401_json(client: Any) -> None:

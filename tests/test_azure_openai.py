@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import aiohttp
 import msgspec
 import pytest
 
 from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
 from gateway.http_client import HTTPClient
+from gateway.upstream_http import UpstreamHTTP
 from gateway.registry import Registry
 from plugins.azure_openai import AzureOpenAISettings, azure_error
-from tests.conftest import AUTH, GATEWAY_KEY, key_hash
-from tests.test_openai_provider import AZURE_KEY, FLAVOURS, PROMPT, azure_reply
+from gateway.config import key_hash
+from tests.conftest import AUTH, GATEWAY_KEY
+from tests.flavours import AZURE_KEY, FLAVOURS, PROMPT, azure_reply
 
 
 def azure_yaml(base: str, settings: str = "", models: str = "") -> str:
@@ -148,9 +149,8 @@ async def test_bad_settings_are_config_problems(settings: dict[str, Any], fragme
     base = {"endpoint": "https://r.openai.azure.com", "deployments": {"openai/gpt-image-1": "d"}}
     config = parse_config(msgspec.json.encode({"providers": [
         {"id": "az", "plugin": "azure_openai", "settings": {**base, **settings}}]}).decode(), env={})
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(ConfigError) as caught:
-            Registry.build(config, session, HTTPClient())
+    with pytest.raises(ConfigError) as caught:
+        Registry.build(config, UpstreamHTTP(HTTPClient()))
     [problem] = caught.value.problems
     assert problem.path.startswith("$.providers[0].settings")
     assert fragment in problem.message

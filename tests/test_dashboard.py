@@ -6,17 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AUTH, GATEWAY_KEY, key_hash
+from tests.conftest import ADMIN, ADMIN_KEY, AUTH, GATEWAY_KEY
 from tests.fake_upstream import error
 
-ADMIN_KEY = "og-admin-key-9d8c7b6a5f4e3d2c"
-ADMIN = f"""
-admin_keys:
-  - name: ops
-    hash: "{key_hash(ADMIN_KEY)}"
-router: {{max_attempts_per_target: 1}}
-dashboard: {{refresh_s: 3600}}
-"""
 BEARER = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ROUTE = "/v1/images/generations"
 

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import AUTH
-from tests.test_dashboard import ADMIN, ADMIN_KEY
+from tests.conftest import ADMIN, ADMIN_KEY
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):

@@ -72,9 +72,9 @@ async def test_example_plugin_from_its_own_folder_in_a_clean_venv(tmp_path: Path
     assert {"openai", "azure_openai", "local", "example"} <= set(listed)
     row = listed["example"]
     assert (row["distribution"], row["version"], row["module"], row["ok"], row["api_version"]) == (
-        "opengateway-example-provider", "0.1.0", "opengateway_example:ExampleProvider", True, 1)
+        "opengateway-example-provider", "0.2.0", "opengateway_example:ExampleProvider", True, 2)
     table = await run(venv / "bin" / "opengateway", "plugins")
-    assert any(line.split()[:3] == ["example", "opengateway-example-provider", "0.1.0"]
+    assert any(line.split()[:3] == ["example", "opengateway-example-provider", "0.2.0"]
                for line in table.splitlines())
 
     config = tmp_path / "gateway.yaml"

@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any, Awaitable, Callable
 
 import openai
 import pytest
-from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.limits.policy import reset_text
-from tests.conftest import UPSTREAM_KEY
 from tests.fake_upstream import error, ok
-
-KEY = "og-test-limits-module-5e1f"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-BODY = {"model": "openai/gpt-image-1", "prompt": "a cube"}
-
-
-def limits_yaml(upstream_url: str, limits: str | None, backend: str = "", admin: str = "") -> str:
-    digest = hashlib.sha256(KEY.encode()).hexdigest()
-    key_limits = f"    limits: {limits}\n" if limits else ""
-    return f"""
-keys:
-  - name: limited
-    hash: "sha256:{digest}"
-{key_limits}{admin}{backend}
-providers:
-  - id: openai-main
-    plugin: openai
-    settings: {{api_key: {UPSTREAM_KEY}, base_url: "{upstream_url}"}}
-"""
-
+from tests.gate import Gate
+from tests.limits_config import AUTH, BODY, KEY, limits_yaml
 
 @pytest.fixture
 def gateway(aiohttp_client: Callable[..., Any], upstream: Any) -> Callable[..., Awaitable[Any]]:
@@ -48,23 +27,6 @@ def sdk_on() -> Callable[[Any], openai.AsyncOpenAI]:
     def make(client: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0)
     return make
-
-
-class Gate:
-    """An upstream behaviour that holds requests until released, and says when ``count`` arrived."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.arrived = 0
-        self.all_arrived = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        self.arrived += 1
-        if self.arrived >= self.count:
-            self.all_arrived.set()
-        await self.release.wait()
-        return await ok()(request, body)
 
 
 async def test_requests_per_minute_headers_then_429(gateway: Any, sdk_on: Any, upstream: Any) -> None:

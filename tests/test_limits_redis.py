@@ -17,8 +17,10 @@ from gateway.app import create_app
 from gateway.config import LimitsConfig, parse_config
 from gateway.limits.policy import Plan
 from gateway.limits.redis_backend import RedisBackend
-from tests.redis_server import RedisServer, own_redis, shared_redis  # noqa: F401 (fixtures)
-from tests.test_limits import AUTH, BODY, KEY, Gate, limits_yaml
+from tests.gate import Gate
+from tests.gateway_process import wait_listening
+from tests.limits_config import AUTH, BODY, KEY, limits_yaml
+from tests.redis_server import RedisServer
 
 #: A request on a dead Redis must end within this (socket_timeout_s is 0.25 s): a hang guard only.
 HANG_GUARD_S = 30
@@ -184,7 +186,6 @@ async def test_two_real_gateway_processes_share_one_limit(shared_redis: RedisSer
     import subprocess
     import sys
 
-    from tests.test_reload import _wait_listening
 
     path = tmp_path / "gateway.yaml"
     # A long Redis timeout: on a loaded machine a slow answer must not turn into fail-open.
@@ -201,7 +202,7 @@ async def test_two_real_gateway_processes_share_one_limit(shared_redis: RedisSer
                                            "--port", str(ports[-1])],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         for proc, port in zip(procs, ports):
-            await _wait_listening(proc, port)
+            await wait_listening(proc, port)
         clients = [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=KEY, max_retries=0)
                    for p in ports]
         results = await asyncio.gather(*[clients[i % 2].images.with_raw_response.generate(**BODY)

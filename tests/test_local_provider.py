@@ -7,13 +7,13 @@ import base64
 import io
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 from PIL import Image
 
 from gateway.catalog import Capabilities, openai_image_models
-from gateway.provider import ImageRequest, ImageResult, ProviderError
+from gateway.http_client import HTTPClient
+from gateway.provider import Call, ImageRequest, ImageResult, ProviderError, UpstreamHTTP
 from plugins import local
 from plugins.local import IMAGE_TOKENS, LocalProvider
 
@@ -28,10 +28,9 @@ def generate(
     **fields: Any,
 ) -> tuple[dict[str, Any], ImageResult]:
     async def call() -> ImageResult:
-        async with aiohttp.ClientSession() as session:
-            provider = LocalProvider(settings or LocalProvider.Settings(), session)
-            request = ImageRequest(model="openai/gpt-image-2", prompt=prompt, **fields)
-            return await provider.generate(request, timeout_s)
+        provider = LocalProvider(settings or LocalProvider.Settings(), UpstreamHTTP(HTTPClient()))
+        request = ImageRequest(model="openai/gpt-image-2", prompt=prompt, **fields)
+        return await provider.generate(request, Call("openai/gpt-image-2", timeout_s))
 
     result = asyncio.run(call())
     return msgspec.json.decode(result.body), result

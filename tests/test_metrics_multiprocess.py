@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import GATEWAY_KEY, base_config_yaml
 from tests.fake_upstream import error
-from tests.test_metrics import G1, MINI, ROUTE, ROUTER, Delta, parse, total
+from tests.metrics_reading import G1, MINI, ROUTE, ROUTER, Delta, parse, total
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")

@@ -9,7 +9,7 @@ import msgspec
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from gateway.api import ImageGenerationRequest
+from gateway.api import ImageRequest
 from gateway.openapi import SPEC_BYTES
 from tests import fake_upstream as fu
 from tests.conftest import AUTH
@@ -39,7 +39,7 @@ async def test_spec_is_valid_openapi_31(client: Any) -> None:
 
 async def test_request_schema_is_the_decoders_own(client: Any) -> None:
     spec = await fetch_spec(client)
-    _, expected = msgspec.json.schema_components([ImageGenerationRequest], ref_template="#/components/schemas/{name}")
+    _, expected = msgspec.json.schema_components([ImageRequest], ref_template="#/components/schemas/{name}")
     for name, schema in expected.items():
         assert spec["components"]["schemas"][name] == schema
     error = spec["components"]["schemas"]["ErrorObject"]

@@ -5,16 +5,18 @@ from __future__ import annotations
 import inspect
 from typing import Any, Sequence
 
-import aiohttp
 import msgspec
 import pytest
 
 import gateway.provider as contract
+from gateway.http_client import HTTPClient
+from gateway.upstream_http import UpstreamHTTP
 from gateway.plugins import discover
 
 # Names plugins import today; removing or renaming one breaks third-party plugins.
-STABLE = {"API_VERSION", "Capabilities", "ImageRequest", "ImageResult", "Model", "Provider", "ProviderError",
-          "SizeRule", "error_from_openai", "openai_image_models", "read_body", "retry_after_s"}
+STABLE = {"API_VERSION", "Answer", "Call", "Capabilities", "ImageRequest", "ImageResult", "Model", "Provider",
+          "ProviderError", "SizeRule", "UpstreamHTTP", "check_url", "error_from_openai", "openai_image_models",
+          "pass_through", "retry_after_s"}
 
 
 def test_all_is_accurate() -> None:
@@ -43,7 +45,7 @@ def test_a_provider_must_implement_generate_and_models() -> None:
             return []
 
     with pytest.raises(TypeError, match="generate"):
-        Incomplete(Incomplete.Settings(), None)  # type: ignore[abstract, arg-type]
+        Incomplete(Incomplete.Settings(), UpstreamHTTP(HTTPClient()))  # type: ignore[abstract]
 
 
 async def test_a_minimal_provider_in_a_few_lines() -> None:
@@ -56,18 +58,20 @@ async def test_a_minimal_provider_in_a_few_lines() -> None:
         def models(self) -> Sequence[contract.Model]:
             return [contract.Model("acme/m", contract.Capabilities(sizes=("auto",), max_n=1))]
 
-        async def generate(self, request: contract.ImageRequest, timeout_s: float) -> contract.ImageResult:
-            if request.n is not msgspec.UNSET and request.n > 1:
+        async def generate(self, request: contract.ImageRequest, call: contract.Call) -> contract.ImageResult:
+            if request.images > 1:
                 raise contract.ProviderError("one at a time", status=400, code="invalid_value", param="n")
-            return contract.ImageResult(body=request.openai_body(self.settings.greeting))
+            call.note("greeted")
+            return contract.ImageResult(body=request.openai_body(self.settings.greeting, call.extra_fields))
 
-    async with aiohttp.ClientSession() as session:
-        provider = Minimal(Minimal.Settings(), session)
-        result = await provider.generate(contract.ImageRequest(model="acme/m", prompt="p", extra_fields={"x": 1}), 1)
-        assert msgspec.json.decode(result.body) == {"model": "hi", "prompt": "p", "x": 1}
-        with pytest.raises(contract.ProviderError) as caught:
-            await provider.generate(contract.ImageRequest(model="acme/m", prompt="p", n=2), 1)
-        assert (caught.value.status, caught.value.param, caught.value.retryable) == (400, "n", None)
+    provider = Minimal(Minimal.Settings(), UpstreamHTTP(HTTPClient()))
+    call = contract.Call("acme/m", 1.0, {"x": 1})
+    result = await provider.generate(contract.ImageRequest(model="acme/m", prompt="p"), call)
+    assert msgspec.json.decode(result.body) == {"model": "hi", "prompt": "p", "x": 1}
+    assert call.notes == ["greeted"]
+    with pytest.raises(contract.ProviderError) as caught:
+        await provider.generate(contract.ImageRequest(model="acme/m", prompt="p", n=2), contract.Call("acme/m", 1.0))
+    assert (caught.value.status, caught.value.param, caught.value.retryable) == (400, "n", None)
 
 
 @pytest.mark.parametrize(("headers", "expected"), [

@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conftest import GATEWAY_KEY, key_hash
+from gateway.config import key_hash
+from tests.conftest import GATEWAY_KEY
 
 _GOOD_BODY = '''
 import msgspec
@@ -32,13 +33,13 @@ class {cls}(Provider):
     def models(self):
         return [Model("thirdparty/{name}")]
 
-    async def generate(self, request, timeout_s):
+    async def generate(self, request, call):
         return ImageResult(body=b'{{"created": 1, "data": []}}')
 '''
 
 # distribution -> (version, entry-point name, module name, module source)
 DISTS: dict[str, tuple[str, str, str, str]] = {
-    "og-good": ("1.2.0", "good", "og_good", _GOOD_BODY.format(cls="GoodProvider", api_version=1, name="good")),
+    "og-good": ("1.2.0", "good", "og_good", _GOOD_BODY.format(cls="GoodProvider", api_version=2, name="good")),
     "og-broken-import": ("0.3.1", "broken", "og_broken", "import og_missing_dependency_xyz\n"),
     "og-wrong-api": ("2.0.0", "future", "og_future",
                      _GOOD_BODY.format(cls="GoodProvider", api_version=99, name="future")),
@@ -48,7 +49,7 @@ DISTS: dict[str, tuple[str, str, str, str]] = {
         from gateway.provider import Provider
 
         class GoodProvider(Provider):
-            api_version = 1
+            api_version = 2
 
             class Settings(msgspec.Struct):
                 pass
@@ -97,13 +98,13 @@ def test_plugins_lists_every_provider_and_why_some_failed(site: Path) -> None:
     for name in ("openai", "azure_openai", "local"):
         assert (rows[name]["distribution"], rows[name]["ok"]) == ("opengateway", True)
     assert rows["good"] == {"name": "good", "distribution": "og-good", "version": "1.2.0",
-                            "module": "og_good:GoodProvider", "api_version": 1, "ok": True,
+                            "module": "og_good:GoodProvider", "api_version": 2, "ok": True,
                             "error": None, "fix": None}
     expected = {
         "broken": ("og-broken-import", "0.3.1", "import failed: ModuleNotFoundError: No module named "
                    "'og_missing_dependency_xyz'", "pip install --upgrade og-broken-import"),
-        "future": ("og-wrong-api", "2.0.0", "written for plugin API version 99, this gateway speaks 1",
-                   "install a release of og-wrong-api built for plugin API version 1"),
+        "future": ("og-wrong-api", "2.0.0", "written for plugin API version 99, this gateway speaks 2",
+                   "install a release of og-wrong-api built for plugin API version 2"),
         "thing": ("og-not-provider", "0.1.0", "og_thing:GoodProvider is not a subclass of "
                   "gateway.provider.Provider", "pip install --upgrade og-not-provider"),
         "half": ("og-abstract", "0.1.0", "does not implement generate", "pip install --upgrade og-abstract"),
@@ -133,7 +134,7 @@ def test_plugins_table_marks_failures(site: Path) -> None:
     ("broken", ["plugin 'broken' from the distribution og-broken-import 0.3.1 cannot be used",
                 "ModuleNotFoundError", "pip install --upgrade og-broken-import"]),
     ("future", ["og-wrong-api 2.0.0", "written for plugin API version 99",
-                "install a release of og-wrong-api built for plugin API version 1"]),
+                "install a release of og-wrong-api built for plugin API version 2"]),
     ("nope", ["no provider plugin named 'nope' is installed", "good", "opengateway plugins"]),
 ])
 def test_a_config_that_uses_a_broken_plugin_cannot_start(site: Path, plugin: str, fragments: list[str]) -> None:

@@ -8,6 +8,8 @@ import pytest
 
 from gateway.config import ConfigError
 from gateway.http_client import HTTPClient
+from gateway.runtime import Resources, Runtime, build_runtime
+from gateway.upstream_http import UpstreamHTTP
 from tests.conftest import AUTH
 from tests.fake_upstream import error
 
@@ -53,19 +55,9 @@ async def test_deployment_that_can_take_it_serves_the_fallback(two_clouds: Any, 
         ("openai", "global", "failed"), ("azure_openai", "swedencentral", "succeeded")]
 
 
-def build_state(config: Any) -> Any:
-    """GatewayState.build as the app does it, with the clients it needs (start-up checks)."""
-    import asyncio
-
-    import aiohttp
-
-    from gateway.state import GatewayState
-
-    async def build() -> GatewayState:
-        async with aiohttp.ClientSession() as session:
-            return GatewayState.build(config, session, HTTPClient())
-
-    return asyncio.run(build())
+def build_state(config: Any) -> Runtime:
+    """The runtime serve would build (start-up checks), on a client that never connects."""
+    return build_runtime(config, Resources(UpstreamHTTP(HTTPClient())))
 
 
 def test_target_must_serve_its_model(make_config: Any, upstream: Any) -> None:

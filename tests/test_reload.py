@@ -20,7 +20,8 @@ from gateway.app import create_app
 from gateway.config import load_config
 from tests.conftest import UPSTREAM_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.test_limits import Gate
+from tests.gate import Gate
+from tests.gateway_process import wait_listening
 
 KEY, NEW_KEY, ADMIN_KEY = "og-reload-key-1a2b", "og-reload-key-new-3c4d", "og-reload-admin-5e6f"
 BODY = {"model": "openai/gpt-image-1", "prompt": "a cube"}
@@ -143,7 +144,7 @@ async def test_sighup_reloads_a_real_server(upstream: Any, tmp_path: Path) -> No
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1/images/generations"
     try:
-        await _wait_listening(proc, port)
+        await wait_listening(proc, port)
         assert await asyncio.to_thread(_post, url, NEW_KEY) == 401
         path.write_text(config_text(upstream.url, keys=(NEW_KEY,),
                                     extra=f"server: {{port: {port}, access_log: false}}\n"))
@@ -161,17 +162,3 @@ async def test_sighup_reloads_a_real_server(upstream: Any, tmp_path: Path) -> No
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert "config reloaded" in err
-
-
-async def _wait_listening(proc: subprocess.Popen[str], port: int) -> None:
-    for _ in range(200):  # bounded, up to ~10 s on a busy machine
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("the gateway did not start listening")

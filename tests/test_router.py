@@ -10,8 +10,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEY
 from tests.fake_upstream import FakeUpstream, error, hang, reset, reset_mid_body
-from tests.router_harness import (SINGLE_WITH_FALLBACK, TWO_REGIONS, FakeClock, attempts, clock, post,  # noqa: F401
-                                  routed, sdk_generate, takes)
+from tests.router_harness import (SINGLE_WITH_FALLBACK, TWO_REGIONS, FakeClock, attempts, post, sdk_generate, takes)
 
 
 # --- fallback and order -----------------------------------------------------------------------
@@ -147,17 +146,31 @@ async def test_moderation_falls_back_when_the_operator_allows_it(routed: Any, up
     assert [a[:2] for a in attempts(body)] == [("failed", "global"), ("succeeded", "eu-west")]
 
 
-async def test_upstream_401_is_never_shown_to_the_client(routed: Any, upstream: FakeUpstream) -> None:
+async def test_upstream_401_is_never_shown_to_the_client(routed: Any, upstream: FakeUpstream,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A refused credential is the operator's business: the client gets a fixed message naming the
+    target, never the upstream's words (OpenAI's quote part of the key), and the operator's log
+    gets those words, redacted, with the target."""
     client = await routed("  openai/gpt-image-1: {targets: [openai-main, openai-eu]}\n")
-    message = f"Incorrect API key provided: {UPSTREAM_KEY}."
-    upstream.script("gpt-image-1", error(401, "invalid_api_key", message), error(403, None, message))
+    masked = f"{UPSTREAM_KEY[:6]}*****{UPSTREAM_KEY[-4:]}"  # OpenAI's own way of quoting a key
+    upstream.script("gpt-image-1", error(401, "invalid_api_key", f"Incorrect API key provided: {masked}."),
+                    error(403, None, f"Key {UPSTREAM_KEY[-6:]} may not use this model."))
     status, body, headers = await post(client)
     assert status == 502
     assert headers["x-should-retry"] == "false"  # a retry would meet the same credentials
     assert "credentials" in body["error"]["message"]
     assert [a[0] for a in attempts(body)] == ["failed", "failed"]  # 401/403 are not retried
+    messages = [a["error_message"] for a in body["extra"]["routing"]["attempts"]]
+    assert messages == [f"The upstream rejected the gateway's credentials for target '{t}:openai/gpt-image-1' "
+                        f"(HTTP {s}); the operator has been told." for t, s in (("openai-main", 401),
+                                                                                ("openai-eu", 403))]
     text = str(body) + str(dict(headers))
-    assert UPSTREAM_KEY not in text and "[redacted]" in text
+    for piece in (UPSTREAM_KEY[:6], UPSTREAM_KEY[-4:], "Incorrect API key"):
+        assert piece not in text
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "credentials" in r.getMessage()]
+    assert len(warnings) == 2 and "openai-main:openai/gpt-image-1" in warnings[0]
+    assert "Incorrect API key provided: [redacted]." in warnings[0]  # the masked key, scrubbed whole
+    assert all(UPSTREAM_KEY[-4:] not in w and UPSTREAM_KEY[:6] not in w for w in warnings)
 
 
 # --- time: deadline and retry-after ------------------------------------------------------------------

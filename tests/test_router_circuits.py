@@ -9,8 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.fake_upstream import FakeUpstream, block, error, ok
-from tests.router_harness import (SINGLE_WITH_FALLBACK, FakeClock, attempts, clock, post,  # noqa: F401
-                                  routed)
+from tests.router_harness import (SINGLE_WITH_FALLBACK, FakeClock, attempts, post)
 
 BREAKER = """  max_attempts_per_target: 1
   breaker: {consecutive_failures: 2, cooldown_s: 10, max_cooldown_s: 15}"""

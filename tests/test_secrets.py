@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import redact, remember_secrets
+from gateway.redact import Redactor, secrets_of
 from tests import fake_upstream as fu
 from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY
+from tests.raw_http import raw
 
 MARKERS = (GATEWAY_KEY, UPSTREAM_KEY, UPSTREAM_KEY.removeprefix("sk-"), GATEWAY_KEY.removeprefix("og-"))
 ECHO = f"Incorrect API key provided: {UPSTREAM_KEY}. You can find your API key at https://platform.openai.com."
@@ -71,7 +72,8 @@ async def test_no_key_in_any_output(make_client: Any, upstream: Any, caplog: pyt
 
 def test_redact_scrubs_configured_secrets_verbatim() -> None:
     odd = "azure-key-0123456789abcdef-not-sk-shaped"
-    remember_secrets([{"api_key": odd, "base_url": "https://example.invalid/v1", "region_name": "westeurope"}])
+    redact = Redactor(secrets_of({"api_key": odd, "base_url": "https://example.invalid/v1",
+                                  "region_name": "westeurope"}))
     assert odd not in redact(f"401: Access denied due to invalid subscription key {odd}.")
     assert "westeurope" in redact("region westeurope")  # only credential-named settings are secrets
     assert redact(f"Incorrect API key provided: {UPSTREAM_KEY}.") == "Incorrect API key provided: [redacted]."
@@ -81,7 +83,6 @@ async def test_malformed_authorization_is_not_logged(client: Any, caplog: pytest
     """aiohttp's parser logs a malformed request with the offending header line; the gateway's
     filter on that logger redacts it. (The parser's plain-text 400 still echoes the line to the
     client that sent it: aiohttp has no hook there; README section reliability.)"""
-    from tests.test_auth_edges import raw
 
     caplog.set_level(logging.DEBUG)
     for line in (b"Authorization: Bearer " + GATEWAY_KEY.encode() + b"\x00\r\n",

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.forwarded import resolve_client_ip, trusted_networks
-from gateway.keys import RECORD
+from gateway.appkeys import RECORD
 from tests.conftest import AUTH, base_config_yaml
 from tests.gateway_process import GatewayProcess
 

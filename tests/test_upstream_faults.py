@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.keys import HTTP
+from gateway.appkeys import HTTP_CLIENT
 from tests import fake_upstream as fu
 from tests.conftest import AUTH, base_config_yaml, eventually, in_flight
 
@@ -56,7 +56,7 @@ async def _request_and_check_cleanup(client: TestClient) -> tuple[int, dict[str,
                              headers=AUTH)
     assert warm.status == 200
     await warm.read()
-    http = client.server.app[HTTP]
+    http = client.server.app[HTTP_CLIENT]
     tasks_before = len(asyncio.all_tasks())
     gauge_before = in_flight()
     async with asyncio.timeout(HUNG_AFTER_S):
@@ -149,7 +149,7 @@ async def test_connection_refused(aiohttp_client: Callable[..., Awaitable[TestCl
     attempts = body["extra"]["routing"]["attempts"]
     assert attempts and all(a["status"] == "failed" and a["error_code"] == "connection_error" for a in attempts)
     assert in_flight() == gauge_before
-    assert client.server.app[HTTP].in_use == 0
+    assert client.server.app[HTTP_CLIENT].in_use == 0
 
 
 async def test_429_with_retry_after_beyond_the_deadline(gateway: TestClient, fake: fu.FakeUpstream) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from gateway.keys import RequestRecord
+from gateway.record import RequestRecord
 
 OTHER = "(other)"
 _WINDOW_S = 600
@@ -69,6 +69,12 @@ class Stats:
         self.durations_s: collections.deque[float] = collections.deque(maxlen=2000)
         #: (bucket start, requests, errors) per 10 s over the last 10 minutes.
         self.window: collections.deque[list[float]] = collections.deque(maxlen=_WINDOW_S // _BUCKET_S)
+
+    def configure(self, recent_requests: int, max_tracked_ids: int) -> None:
+        """A reload's ``dashboard`` settings: the ring keeps its newest records."""
+        if self.recent.maxlen != recent_requests:
+            self.recent = collections.deque(self.recent, maxlen=recent_requests)
+        self.max_tracked_ids = max_tracked_ids
 
     def add(self, record: RequestRecord) -> None:
         if not record.route.startswith("/v1/"):

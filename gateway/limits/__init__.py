@@ -5,7 +5,7 @@ OpenAI's headers and 429; a backend checks and counts a plan atomically: ``memor
 or ``redis_backend`` (every replica sharing one Redis). The middleware is gateway/middleware/limits.py.
 """
 
-from gateway.limits.backend import BackendUnavailable, LimitsBackend, limits_backend_ctx
+from gateway.limits.backend import BackendUnavailable, LimitsBackend, make_backend
 from gateway.limits.policy import Decision, Plan
 
-__all__ = ["BackendUnavailable", "Decision", "LimitsBackend", "Plan", "limits_backend_ctx"]
+__all__ = ["BackendUnavailable", "Decision", "LimitsBackend", "Plan", "make_backend"]

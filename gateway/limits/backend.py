@@ -1,20 +1,14 @@
 """The contract a limits backend fulfils, and choosing one from ``limits.backend`` at start-up.
 
-The backend lives as long as the app, not a configuration: a reload keeps its counters.
+The backend lives as long as the process, not a configuration: a reload keeps its counters.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import AsyncIterator, Protocol
-
-from aiohttp import web
+from typing import Protocol
 
 from gateway.config import ConfigError, LimitsConfig, Problem
-from gateway.keys import CONFIG, LIMITS
 from gateway.limits.policy import Decision, Plan
-
-log = logging.getLogger("opengateway.limits")
 
 
 class BackendUnavailable(Exception):
@@ -45,13 +39,3 @@ def make_backend(config: LimitsConfig) -> LimitsBackend:
         raise ConfigError([Problem("$.limits.backend", "a redis:// backend needs redis-py: "
                                    "pip install 'opengateway[redis]'")]) from None
     return RedisBackend(config)
-
-
-async def limits_backend_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: one backend per app (one Redis connection pool per process)."""
-    backend = app[LIMITS] = make_backend(app[CONFIG].limits)
-    log.info("limits backend: %s", "memory" if app[CONFIG].limits.backend == "memory" else "redis")
-    try:
-        yield
-    finally:
-        await backend.close()

@@ -114,6 +114,7 @@ def rate_limited(plan: Plan, decision: Decision) -> RateLimited:
     """The 429 for a refused request, worded like OpenAI's and naming the limit."""
     denied = decision.denied or ""
     limit: float | None
+    used: float | None
     asked: str | None
     if denied == "requests_per_minute":
         limit, used, asked = plan.requests_per_minute, decision.requests_used, "1"

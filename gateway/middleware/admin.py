@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import NotFound
-from gateway.keys import CONFIG, LIFECYCLE
+from gateway.appkeys import LIFECYCLE
 from gateway.middleware import Handler, Next
 
 
@@ -21,9 +21,10 @@ def admin(handler: Handler) -> Handler:
 
 def on_admin_socket(request: web.Request) -> bool:
     """True when there is no separate admin port, or the request came in on it."""
-    if request.app[CONFIG].server.admin_port is None:
+    lifecycle = request.app[LIFECYCLE]
+    if not lifecycle.separate_admin_port:
         return True
-    admin_port = request.app[LIFECYCLE].admin_port  # the bound port (the config may say 0)
+    admin_port = lifecycle.admin_port  # the bound port (the config may say 0)
     sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
     return admin_port is not None and isinstance(sockname, tuple) and sockname[1] == admin_port
 

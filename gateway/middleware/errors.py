@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from gateway import errors
-from gateway.keys import RECORD
+from gateway.appkeys import RECORD
 from gateway.middleware import Handler
 
 log = logging.getLogger("opengateway.errors")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
-from gateway.keys import RECORD, Identity
+from gateway.appkeys import RECORD
+from gateway.record import Identity
 from gateway.middleware import Handler, Next
 
 USER_HEADER = "x-opengateway-user-id"

@@ -12,11 +12,11 @@ import secrets
 from aiohttp import web
 
 from gateway import metrics
-from gateway.api import ImageGenerationRequest
+from gateway.appkeys import LIMIT_HEADERS, LIMITS, PLAN, PRINCIPAL, RECORD, RUNTIME
 from gateway.config import KeyConfig
 from gateway.errors import ServiceUnavailable
-from gateway.keys import BODY, LIMIT_HEADERS, LIMITS, PRINCIPAL, RECORD, STATE
-from gateway.limits import BackendUnavailable, Decision, LimitsBackend, Plan
+from gateway.limits import BackendUnavailable, Decision, LimitsBackend
+from gateway.limits import Plan as Claim
 from gateway.limits.policy import MICRO_USD, headers, make_plan, rate_limited
 from gateway.middleware import Handler, Next
 
@@ -29,25 +29,23 @@ SLOT_LEASE_MARGIN_S = 60.0
 @web.middleware
 def limits_middleware(request: web.Request, handler: Handler) -> Next:
     key = request.get(PRINCIPAL)
-    body = request.get(BODY)
-    if key is None or key.limits is None or body is None:
+    if key is None or key.limits is None or PLAN not in request:
         return handler(request)
-    return _limited(request, handler, key, body)
+    return _limited(request, handler, key)
 
 
-async def _limited(request: web.Request, handler: Handler, key: KeyConfig,
-                   body: ImageGenerationRequest) -> web.StreamResponse:
+async def _limited(request: web.Request, handler: Handler, key: KeyConfig) -> web.StreamResponse:
     assert key.limits is not None
-    state = request.app[STATE]
-    images = body.n if isinstance(body.n, int) else 1
-    plan = make_plan(key.name, key.limits, images, state.config.router.deadline_s + SLOT_LEASE_MARGIN_S)
+    config = request[RUNTIME].config
+    plan = make_plan(key.name, key.limits, request[PLAN].request.images,
+                     config.router.deadline_s + SLOT_LEASE_MARGIN_S)
     backend = request.app[LIMITS]
     token = secrets.token_hex(8)
     try:
         decision: Decision | None = await backend.acquire(plan, token)
     except BackendUnavailable as exc:
         metrics.LIMITS_BACKEND_ERRORS.labels("acquire").inc()
-        if state.config.limits.on_backend_error == "closed":
+        if config.limits.on_backend_error == "closed":
             log.error("limits backend unavailable, refusing the request (on_backend_error: closed): %s", exc)
             raise ServiceUnavailable("The gateway cannot check this key's limits right now; retry shortly.",
                                      code="limits_unavailable", headers={"retry-after": "1"}) from None
@@ -55,7 +53,7 @@ async def _limited(request: web.Request, handler: Handler, key: KeyConfig,
         decision = None
     if decision is not None:
         if decision.denied is not None:
-            key_label = key.name if state.config.metrics.key_name_label else ""  # opt-in, bounded
+            key_label = key.name if config.metrics.key_name_label else ""  # opt-in, bounded
             metrics.RATE_LIMITED.labels(decision.denied, key_label).inc()
             raise rate_limited(plan, decision)
         request[LIMIT_HEADERS] = headers(plan, decision)  # put on the answer by gateway.app
@@ -69,7 +67,7 @@ async def _limited(request: web.Request, handler: Handler, key: KeyConfig,
     return response
 
 
-async def _release(backend: LimitsBackend, plan: Plan, token: str) -> None:
+async def _release(backend: LimitsBackend, plan: Claim, token: str) -> None:
     try:
         await backend.release(plan.key, token)
     except BackendUnavailable as exc:  # the slot's lease frees it later
@@ -77,7 +75,7 @@ async def _release(backend: LimitsBackend, plan: Plan, token: str) -> None:
         log.warning("could not release a concurrency slot of key '%s' (it expires by itself): %s", plan.key, exc)
 
 
-async def _charge(request: web.Request, backend: LimitsBackend, plan: Plan) -> None:
+async def _charge(request: web.Request, backend: LimitsBackend, plan: Claim) -> None:
     cost = request[RECORD].cost
     if cost is None or not cost.cost_usd:
         return

@@ -1,6 +1,7 @@
-"""Outermost link: opens the request record, keeps the in-flight gauge, and once everything
-below has answered hands the record to the observers (gateway/observers.py: metrics, dashboard
-figures, access log), which take it up after the response has gone out."""
+"""Outermost link: pins the request to the current runtime (everything reloadable it reads comes
+from there), opens the request record, keeps the in-flight gauge, and once everything below has
+answered hands the record to the observers (gateway/observers.py: metrics, dashboard figures,
+access log), which take it up after the response has gone out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.forwarded import client_ip
-from gateway.keys import ACCESS_LOG, BODY, CONFIG, OBSERVERS, RECORD, RequestRecord
+from gateway.appkeys import OBSERVERS, PLAN, RECORD, RUNTIME, RUNTIME_REF
+from gateway.record import RequestRecord
 from gateway.middleware import Handler
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -36,11 +38,13 @@ def _request_id(request: web.Request) -> str:
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    app = request.app
+    runtime = request[RUNTIME] = app[RUNTIME_REF].current
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     record = request[RECORD] = RequestRecord(request_id=_request_id(request), route=route,
                                              method=request.method,
-                                             client_ip=client_ip(request, request.app[CONFIG].server.trusted_proxies))
+                                             client_ip=client_ip(request, runtime.config.server.trusted_proxies))
     record.started_at = time.time()
     metrics.IN_FLIGHT.inc()
     status = 500
@@ -60,7 +64,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics.IN_FLIGHT.dec()
         record.status = status
         record.duration_s = time.perf_counter() - started
-        app = request.app
-        access_log = app[ACCESS_LOG]
-        body = request.get(BODY) if access_log is not None and access_log.include_prompt else None
-        app[OBSERVERS].finished(record, body.prompt if body is not None else None, request)
+        observers = app[OBSERVERS]
+        plan = request.get(PLAN) if observers.include_prompt and runtime.config.log.include_prompt else None
+        observers.finished(record, plan.request.prompt if plan is not None else None, request, runtime)

@@ -1,4 +1,5 @@
-"""Decodes the JSON body of routes that declare a body type, before the handler runs."""
+"""The one entry into validation: a route's body decoded into the one request type, then the
+request plan (gateway/plan.py) made from it, before the handler runs."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import asyncio
 from aiohttp import web
 
 from gateway.errors import InvalidRequest, RequestTimeout
-from gateway.keys import BODY, CONFIG, RECORD, UNKNOWN_FIELDS
+from gateway.appkeys import PLAN, PRINCIPAL, RECORD, RUNTIME
 from gateway.middleware import Handler, Next
+from gateway.plan import make_plan
 from gateway.validation import decode_request
 
 
 def expects_images_request(handler: Handler) -> Handler:
-    """Mark a route handler as taking an ``ImageGenerationRequest`` body."""
+    """Mark a route handler as taking an ``ImageRequest`` body: it finds the plan in ``request[PLAN]``."""
     handler.takes_images_request = True  # type: ignore[attr-defined]
     return handler
 
@@ -44,7 +46,7 @@ def validation_middleware(request: web.Request, handler: Handler) -> Next:
 
 
 async def _after_slow_body(request: web.Request, handler: Handler) -> web.StreamResponse:
-    timeout_s = request.app[CONFIG].server.body_read_timeout_s
+    timeout_s = request[RUNTIME].config.server.body_read_timeout_s
     try:
         async with asyncio.timeout(timeout_s):  # aiohttp itself never times out a slow body
             body = await request.read()
@@ -55,8 +57,11 @@ async def _after_slow_body(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _decode(request: web.Request, body: bytes) -> None:
-    request[RECORD].request_bytes = len(body)
+    record = request[RECORD]
+    record.request_bytes = len(body)
     if not body:
         raise InvalidRequest("The request body is empty: send a JSON object.", code="invalid_json")
-    request[BODY], request[UNKNOWN_FIELDS] = decode_request(body)
-    request[RECORD].model_asked = request[BODY].model
+    decoded, unknown = decode_request(body)
+    record.model_asked = decoded.model
+    plan = request[PLAN] = make_plan(decoded, unknown, request[PRINCIPAL], request[RUNTIME])
+    record.model = plan.route.id

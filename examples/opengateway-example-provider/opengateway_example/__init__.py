@@ -2,7 +2,8 @@
 
 Everything a plugin needs from the gateway comes from ``gateway.provider``. The gateway builds
 one ``ExampleProvider`` per configured instance (``providers: [{plugin: example, settings:
-{...}}]``), with its ``Settings`` decoded from the config and the app's shared aiohttp session.
+{...}}]``), with its ``Settings`` decoded from the config and ``http``, the gateway's interface to
+an upstream (this plugin draws its images itself and needs none).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Annotated, Sequence
 import msgspec
 from PIL import Image, ImageColor
 
-from gateway.provider import Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError
+from gateway.provider import Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError
 
 __all__ = ["ExampleProvider", "ExampleSettings"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 MODEL_ID = "example/solid-color"
 
@@ -33,7 +34,7 @@ class ExampleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 class ExampleProvider(Provider):
     # Declared, not inherited: the gateway compares it with the contract version it speaks.
-    api_version = 1
+    api_version = 2
     Settings = ExampleSettings
 
     def models(self) -> Sequence[Model]:
@@ -49,15 +50,15 @@ class ExampleProvider(Provider):
             max_n=4,
         ))]
 
-    async def generate(self, request: ImageRequest, timeout_s: float) -> ImageResult:
-        # A real plugin makes one upstream call here with self.session and timeout_s, and turns
+    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+        # A real plugin makes one upstream call here with self.http and call.timeout_s, and turns
         # a failed answer into ProviderError(status=..., code=..., retry_after_s=...). It never
-        # retries or falls back: the gateway's router does.
-        size = 256 if request.size in (msgspec.UNSET, "auto") else int(str(request.size).partition("x")[0])
+        # validates (the gateway checked the request against models()), retries or falls back.
+        size = 256 if request.size in (None, "auto") else int(request.size.partition("x")[0])
         color = _color_in(request.prompt) or ImageColor.getrgb(self.settings.color)[:3]
-        n = 1 if request.n is msgspec.UNSET else request.n
+        n = request.images
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(call.timeout_s):
                 png = await asyncio.to_thread(_solid_png, size, color)  # keep the event loop free
         except TimeoutError:
             raise ProviderError("The example provider ran out of time.", timeout=True, code="timeout") from None

@@ -1,0 +1,47 @@
+"""Typed application and request state: every key declared once, with its real type.
+
+The modules imported here hold data and behaviour only; the wiring that reads these keys (app,
+middleware, handlers) imports this module, never the other way round.
+"""
+
+from aiohttp import web
+
+from gateway.access_log import AccessLog
+from gateway.config import KeyConfig
+from gateway.dashboard.session import Sessions
+from gateway.dashboard.stats import Stats
+from gateway.http_client import HTTPClient
+from gateway.lifecycle import Lifecycle
+from gateway.limits import LimitsBackend
+from gateway.observers import Observers
+from gateway.plan import Plan
+from gateway.record import RequestRecord
+from gateway.reload import Reloader
+from gateway.runtime import Resources, Runtime, RuntimeRef
+
+# Application state: one per process, whatever the configuration.
+#: The current configuration's Runtime (gateway/runtime.py); a reload swaps what it holds.
+RUNTIME_REF = web.AppKey("runtime_ref", RuntimeRef)
+#: What every Runtime is built with (the upstream interface, the router's clock).
+RESOURCES = web.AppKey("resources", Resources)
+#: The pooled upstream client under ``Resources.http`` (gateway/http_client.py), closed at exit.
+HTTP_CLIENT = web.AppKey("http_client", HTTPClient)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+RELOADER = web.AppKey("reloader", Reloader)
+#: The counters outlive a reload (gateway/limits/).
+LIMITS: web.AppKey[LimitsBackend] = web.AppKey("limits")
+#: None when ``server.access_log`` is off.
+ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")
+STATS = web.AppKey("stats", Stats)
+#: Where finished requests go to be counted, shown and logged (gateway/observers.py).
+OBSERVERS = web.AppKey("observers", Observers)
+DASHBOARD_SESSIONS = web.AppKey("dashboard_sessions", Sessions)
+
+# Request state.
+RECORD = web.RequestKey("record", RequestRecord)
+#: The Runtime the request started with: everything reloadable it reads comes from here.
+RUNTIME = web.RequestKey("runtime", Runtime)
+#: The gateway key that authenticated the request.
+PRINCIPAL = web.RequestKey("principal", KeyConfig)
+PLAN = web.RequestKey("plan", Plan)
+LIMIT_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("limit_headers")

@@ -1,0 +1,113 @@
+"""The request plan: one function turns (request, key, runtime) into the targets to try, in order.
+
+Everything the gateway decides about a request before any upstream call is decided here, once:
+the model it names (aliases, unknown ids), whether the key may use it, whether the model can take
+the request (gateway/validation.py, against its capabilities), which fields beyond the contract it
+allows, the fallback models (asked for or configured, allowed, deduplicated, bounded), the
+deadline, the order of weighted deployments, and which deployment cannot take the request (an
+Azure deployment without webp beside OpenAI). The router (gateway/router.py) only walks the
+candidates; plugins never validate again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import msgspec
+
+from gateway.api import ImageRequest
+from gateway.catalog import Capabilities
+from gateway.config import KeyConfig
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.keyring import forbidden, may_use
+from gateway.registry import ModelRoute, Registry
+from gateway.router import Candidate
+from gateway.validation import capability_error, unknown_field_error, unsupported_error
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+
+class Plan(msgspec.Struct, frozen=True):
+    request: ImageRequest
+    #: The model asked for, resolved (its id is a bounded metric label).
+    route: ModelRoute
+    #: Every deployment of the model asked, then of each fallback model, in the order to try them.
+    candidates: tuple[Candidate, ...]
+    deadline_s: float
+
+
+def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, runtime: Runtime) -> Plan:
+    """The plan for a decoded request, or the error OpenAI would answer it with."""
+    problem = unsupported_error(request)
+    if problem is not None:
+        raise problem
+    if request.stream is not None or request.response_format is not None:
+        # ``stream: false`` and ``response_format: "b64_json"`` ask for what GPT Image models do
+        # anyway; the models refuse the latter, so neither is sent upstream.
+        request = msgspec.structs.replace(request, stream=None, response_format=None)
+    registry = runtime.registry
+    route = registry.resolve(request.model)
+    if not may_use(key, route.id):
+        raise forbidden(route.id, key)
+    problem = capability_error(request, route.capabilities) or unknown_field_error(unknown, route.capabilities)
+    if problem is not None:
+        raise problem
+    fallbacks = _fallbacks(registry, route, _requested_fallbacks(request), key, runtime.config.router.max_fallbacks)
+    deadline_s = runtime.config.router.deadline_s
+    if request.extra is not None and request.extra.deadline_s is not None:
+        deadline_s = min(deadline_s, request.extra.deadline_s)
+    candidates = list(_candidates(route, request, unknown, runtime, None))
+    for fallback in fallbacks:
+        # A fallback model that cannot take this request is reported as skipped, not refused.
+        problem = capability_error(request, fallback.capabilities) or unknown_field_error(unknown, fallback.capabilities)
+        candidates.extend(_candidates(fallback, request, unknown, runtime, problem))
+    return Plan(request, route, tuple(candidates), deadline_s)
+
+
+def _candidates(route: ModelRoute, request: ImageRequest, unknown: dict[str, Any], runtime: Runtime,
+                problem: InvalidRequest | None) -> Iterator[Candidate]:
+    for target in runtime.router.order(route.targets, route.weighted):
+        if problem is not None:
+            yield Candidate(target, unsupported=problem.message)
+        elif target.capabilities is None:  # the usual case: the deployment accepts what its model does
+            yield Candidate(target, unknown)
+        else:
+            own = _unsupported_by(request, unknown, target.capabilities)
+            yield Candidate(target, unknown, own.message if own is not None else None)
+
+
+def _unsupported_by(request: ImageRequest, unknown: dict[str, Any], caps: Capabilities) -> InvalidRequest | None:
+    return capability_error(request, caps) or unknown_field_error(unknown, caps)
+
+
+def _requested_fallbacks(request: ImageRequest) -> list[str] | None:
+    in_extra = request.extra.fallbacks if request.extra is not None else None
+    top = request.fallbacks
+    if in_extra is not None and top is not None and in_extra != top:
+        raise InvalidRequest("'fallbacks' and 'extra.fallbacks' were both given and differ; send one.",
+                             param="fallbacks", code="conflicting_parameters")
+    return in_extra if in_extra is not None else top
+
+
+def _fallbacks(registry: Registry, primary: ModelRoute, requested: list[str] | None, key: KeyConfig,
+               max_fallbacks: int) -> list[ModelRoute]:
+    """The request's fallbacks (or the model's configured ones): known, allowed, deduplicated."""
+    names = requested if requested is not None else list(primary.fallbacks)
+    routes: list[ModelRoute] = []
+    seen = {primary.id}
+    for i, name in enumerate(names):
+        try:
+            route = registry.resolve(name)
+        except GatewayError as exc:  # unknown or malformed id: a client mistake in the fallbacks
+            raise InvalidRequest(f"Invalid fallback '{name}': {exc.message}", param=f"extra.fallbacks[{i}]",
+                                 code=exc.code) from None
+        if not may_use(key, route.id, as_fallback=True):
+            raise forbidden(route.id, key, as_fallback=True)
+        if route.id not in seen:
+            seen.add(route.id)
+            routes.append(route)
+    if len(routes) > max_fallbacks:
+        raise InvalidRequest(f"Too many fallbacks: at most {max_fallbacks} distinct models are allowed, "
+                             f"but got {len(routes)}.", param="extra.fallbacks", code="too_many_fallbacks")
+    return routes

@@ -1,0 +1,67 @@
+"""The one HTTP interface a provider plugin uses to reach its upstream: ``Provider.http``.
+
+It sits on the gateway's pooled HTTP/1.1 client (gateway/http_client.py), shared by every plugin
+of the process, and maps every transport failure to a ``ProviderError`` in one place
+(``_mapped``): a timeout, a refused or reset connection, an unparseable answer, an answer over
+``server.max_upstream_body_bytes``. A plugin only ever sees an ``Answer`` or a ProviderError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Iterator, Mapping, NamedTuple
+
+from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError
+from gateway.provider_error import ProviderError
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class Answer(NamedTuple):
+    """An upstream's whole answer. ``headers`` are case-insensitive."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@contextlib.contextmanager
+def _mapped(upstream: str, timeout_s: float | None) -> Iterator[None]:
+    """Transport failures as retryable ProviderErrors naming ``upstream`` (an over-long answer is
+    not retryable: the same upstream would send it again)."""
+    try:
+        yield
+    except ResponseTooLarge as exc:
+        size = f" ({exc.size} bytes)" if exc.size is not None else ""
+        raise ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
+                            status=502, code="upstream_response_too_large", retryable=False) from None
+    except asyncio.TimeoutError:
+        within = f" within {timeout_s:.3g} s" if timeout_s is not None else " in time"
+        raise ProviderError(f"{upstream} did not answer{within}.", code="timeout", timeout=True,
+                            retryable=True) from None
+    except UpstreamProtocolError as exc:
+        raise ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",
+                            retryable=True) from None
+    except OSError as exc:
+        raise ProviderError(f"Could not reach {upstream}: {type(exc).__name__}.", code="connection_error",
+                            retryable=True) from None
+
+
+class UpstreamHTTP:
+    def __init__(self, client: HTTPClient) -> None:
+        self._client = client
+
+    async def request(self, method: str, url: str, *, upstream: str, timeout_s: float | None,
+                      headers: Mapping[str, str] = _NO_HEADERS, body: bytes = b"",
+                      params: Mapping[str, str] | None = None) -> Answer:
+        """Send one request and read the whole answer. ``upstream`` names the upstream in error
+        messages ("OpenAI", "Azure OpenAI"); ``timeout_s`` (the attempt's) bounds the call."""
+        with _mapped(upstream, timeout_s):
+            return Answer(*await self._client.request(method, url, body, headers, params, timeout_s))
+
+    async def post_json(self, url: str, body: bytes, headers: Mapping[str, str], *, upstream: str,
+                        timeout_s: float | None, params: Mapping[str, str] | None = None) -> Answer:
+        """POST an encoded JSON body (``headers`` should carry its Content-Type)."""
+        with _mapped(upstream, timeout_s):
+            return Answer(*await self._client.request("POST", url, body, headers, params, timeout_s))
