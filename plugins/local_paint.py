@@ -1,7 +1,9 @@
-"""Draws a read scene (plugins/local_scene.py) plainly.
+"""Draws a read scene (plugins/local_scene.py) plainly, and the two things streaming and edits need.
 
 ``paint`` lays the scene's objects out on a flat background: solids shaded (an isometric cube's
 three faces in shades of its colour, a sphere lit from the upper left), flat shapes flat.
+``partial`` gives the coarser renders a stream sends before the final image; ``apply_edit``
+draws a prompt into the editable area of an image, as OpenAI's edits mask marks it.
 Deterministic: no randomness; ``index`` (the n-th image of one request) only nudges the layout.
 """
 
@@ -12,9 +14,9 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageOps
 
-from plugins.local_scene import Scene, SceneObject
+from plugins.local_scene import Scene, SceneObject, named_colours, read_scene
 
-__all__ = ["paint"]
+__all__ = ["apply_edit", "paint", "partial"]
 
 RGB = tuple[int, int, int]
 Box = tuple[float, float, float, float]
@@ -336,3 +338,63 @@ def paint(scene: Scene, width: int, height: int, *, transparent: bool = False, i
             colour = _darker(colour, 0.15) if sum(colour) > 380 else _lighter(colour, 0.25)
         PAINTERS[thing.shape](canvas, cx, cy, d, colour)
     return canvas.image()
+
+
+def partial(image: Image.Image, step: int, steps: int) -> Image.Image:
+    """The image as a stream's ``step``-th of ``steps`` partial renders shows it: coarser earlier.
+
+    Steps 0..steps-1 are rendered at 1/32, then halving down to 1/8 of the size and scaled back
+    up smoothly, so a client sees the picture sharpen; the final image follows them.
+    """
+    if not 0 <= step < steps:
+        raise ValueError(f"step {step} is not in 0..{steps - 1}")
+    factor = 2 ** (2 + math.ceil(3 * (steps - step) / steps))
+    small = (max(1, image.width // factor), max(1, image.height // factor))
+    coarse = image.resize(small, Image.Resampling.BOX)
+    return coarse.resize(image.size, Image.Resampling.BILINEAR)
+
+
+def _editable(mask: Image.Image | None, size: tuple[int, int]) -> Image.Image:
+    """255 where the image may change: OpenAI's mask marks it with fully transparent pixels."""
+    if mask is None:
+        return Image.new("L", size, 255)
+    if mask.size != size:
+        raise ValueError(f"The mask is {mask.width}x{mask.height}, the image {size[0]}x{size[1]}.")
+    if "A" not in mask.getbands() and "transparency" not in mask.info:
+        raise ValueError("The mask has no alpha channel.")
+    alpha = mask.convert("RGBA").getchannel("A")
+    return alpha.point(lambda a: 255 if a == 0 else 0)
+
+
+def apply_edit(image: Image.Image, mask: Image.Image | None, prompt: str, *, index: int = 0) -> Image.Image:
+    """The image with the prompt drawn into its editable area; every other pixel as it was.
+
+    The prompt's scene is painted over the area's bounding box (on its background, when it
+    names one). A prompt with no shape tints the area with its first colour (or a violet) and
+    stripes it, so an edit is always visible. An image with alpha keeps it, except where the
+    edit drew: drawn pixels are opaque.
+    """
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    base = image.convert("RGBA" if has_alpha else "RGB")
+    editable = _editable(mask, base.size)
+    box = editable.getbbox()
+    if box is None:
+        return base
+    area = base.crop(box).convert("RGBA")
+    scene = read_scene(prompt)
+    if scene.objects:
+        layer = paint(scene, area.width, area.height, transparent=scene.background is None, index=index)
+        area.alpha_composite(layer.convert("RGBA"))
+    else:
+        colour = (named_colours(prompt) or [(139, 92, 246)])[0]
+        area = Image.blend(area, Image.new("RGBA", area.size, (*colour, 255)), 0.45)
+        stripes = Image.new("L", area.size, 0)
+        draw = ImageDraw.Draw(stripes)
+        period = max(8, min(area.size) // 12)
+        for x in range(-area.height, area.width, period):
+            draw.line((x, area.height, x + area.height, 0), fill=255, width=max(2, period // 3))
+        area.paste(_darker(colour, 0.35), (0, 0), stripes)
+        area.putalpha(255)
+    edited = base.copy()
+    edited.paste(area.convert(base.mode), box[:2], editable.crop(box))
+    return edited

@@ -1,5 +1,5 @@
 """The offline provider draws what a simple prompt names: the reader's phrases, the pictures by
-their pixels."""
+their pixels, partial renders for streaming and edits inside a mask."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import PIL
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from plugins import local
-from plugins.local_paint import PAINTERS, paint
+from plugins.local_paint import PAINTERS, apply_edit, paint, partial
 from plugins.local_scene import COLOURS, SHAPES, Scene, SceneObject, named_colours, read_scene
 from tests.conftest import AUTH, key_hash
 
@@ -295,3 +295,123 @@ def test_importing_the_provider_does_not_import_pillow() -> None:
     # Every plugin module is imported at start-up; only a render needs Pillow.
     code = "import sys, plugins.local; assert not any(m == 'PIL' or m.startswith('PIL.') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- Partial renders ---------------------------------------------------------------------------
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    """As seen on white: a fully transparent pixel's colour does not count."""
+    white = Image.new("RGBA", a.size, (255, 255, 255, 255))
+    a, b = (Image.alpha_composite(white, i.convert("RGBA")).convert("RGB") for i in (a, b))
+    return sum(ImageStat.Stat(ImageChops.difference(a, b)).mean)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("transparent", [False, True])
+def test_partial_renders_sharpen(steps: int, transparent: bool) -> None:
+    final = paint(read_scene("a large green sphere on the left and a small orange star on the right"),
+                  768, 512, transparent=transparent)
+    partials = [partial(final, step, steps) for step in range(steps)]
+    assert all(p.size == final.size and p.mode == final.mode for p in partials)
+    differences = [mean_difference(p, final) for p in partials]
+    assert differences == sorted(differences, reverse=True) and len(set(differences)) == steps
+    assert differences[-1] > 0  # even the last partial is not yet the picture
+    assert [p.tobytes() for p in partials] == [partial(final, s, steps).tobytes() for s in range(steps)]
+
+
+def test_partial_rejects_a_step_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        partial(Image.new("RGB", (8, 8)), 3, 3)
+
+
+# --- Edits -------------------------------------------------------------------------------------
+
+
+def photo(size: tuple[int, int] = (512, 384), mode: str = "RGB") -> Image.Image:
+    """A picture with no flat areas, so any change shows."""
+    gradient = Image.linear_gradient("L").resize(size)
+    return Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient)).convert(mode)
+
+
+def hole(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """An OpenAI edit mask: opaque everywhere, fully transparent (editable) inside box."""
+    mask = Image.new("RGBA", size, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), box)
+    return mask
+
+
+def changed(a: Image.Image, b: Image.Image) -> Image.Image:
+    """255 where any channel differs."""
+    return ImageChops.difference(a, b).convert("L").point(lambda v: 255 if v else 0)
+
+
+@pytest.mark.parametrize("prompt", ["add a red cube", "make it golden", "something nice", "on a blue background"])
+def test_an_edit_changes_only_the_masked_pixels(prompt: str) -> None:
+    image, box = photo(), (200, 100, 440, 330)
+    edited = apply_edit(image, hole(image.size, box), prompt)
+    assert edited.size == image.size and edited.mode == "RGB"
+    difference = changed(image, edited)
+    inside = difference.crop(box).histogram()[255]
+    assert difference.getbbox() is not None
+    bbox = difference.getbbox()
+    assert bbox is not None and box[0] <= bbox[0] and box[1] <= bbox[1] and bbox[2] <= box[2] and bbox[3] <= box[3]
+    assert inside > 0.1 * (box[2] - box[0]) * (box[3] - box[1])
+    assert apply_edit(image, hole(image.size, box), prompt).tobytes() == edited.tobytes()
+
+
+def test_an_edit_draws_the_named_shape_in_the_hole() -> None:
+    image, box = photo(), (256, 0, 512, 384)
+    edited = apply_edit(image, hole(image.size, box), "a red cube on a white background")
+    assert edited.crop((0, 0, 256, 384)).tobytes() == image.crop((0, 0, 256, 384)).tobytes()
+    [(_, cube)] = blobs(where(edited, is_red))
+    assert abs(centre(cube)[0] - 384) < 20 and edited.getpixel((260, 4)) == (255, 255, 255)
+
+
+def test_an_edit_without_a_mask_edits_the_whole_image() -> None:
+    image = photo()
+    edited = apply_edit(image, None, "a blue star")
+    assert blobs(where(edited, is_blue))
+    assert changed(image, edited).histogram()[255] > 0.05 * image.width * image.height
+
+
+def test_an_opaque_mask_leaves_the_image_as_it_was() -> None:
+    image = photo()
+    assert apply_edit(image, Image.new("RGBA", image.size, (0, 0, 0, 255)), "a red cube").tobytes() == image.tobytes()
+
+
+def test_a_half_transparent_mask_pixel_is_not_editable() -> None:
+    # Only fully transparent pixels mark the edit.
+    image = photo()
+    assert apply_edit(image, Image.new("RGBA", image.size, (0, 0, 0, 1)), "a red cube").tobytes() == image.tobytes()
+
+
+def test_an_image_with_alpha_keeps_it_outside_the_mask() -> None:
+    image = photo(mode="RGBA")
+    image.putalpha(Image.new("L", image.size, 0))  # fully transparent picture
+    box = (0, 0, 256, 384)
+    edited = apply_edit(image, hole(image.size, box), "make it pink")
+    assert edited.mode == "RGBA"
+    assert edited.getchannel("A").getpixel((10, 10)) == 255 and edited.getchannel("A").getpixel((400, 10)) == 0
+    assert edited.crop((256, 0, 512, 384)).tobytes() == image.crop((256, 0, 512, 384)).tobytes()
+
+
+def test_a_palette_mask_with_transparency_works() -> None:
+    image, box = photo(), (0, 0, 100, 100)
+    # As a PNG with a palette and a tRNS chunk decodes: colour 0 is fully transparent.
+    mask = Image.new("P", image.size, 1)
+    mask.putpalette([0, 0, 0, 0, 0, 0])
+    mask.paste(0, box)
+    mask.info["transparency"] = 0
+    difference = changed(image, apply_edit(image, mask, "make it pink"))
+    assert difference.getbbox() == box
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [(Image.new("RGBA", (10, 10)), "The mask is 10x10, the image 512x384."),
+     (Image.new("RGB", (512, 384)), "The mask has no alpha channel.")],
+)
+def test_a_mask_the_caller_should_have_refused(mask: Image.Image, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        apply_edit(photo(), mask, "a red cube")
