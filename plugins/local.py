@@ -1,9 +1,12 @@
 """The embedded offline provider (plugin ``local``): real images, no network, no key.
 
 The gateway serves ``openai/*`` with it when no provider key is configured, so the seed's curl
-works offline. Each picture is drawn from a hash of the prompt (a gradient, a few shapes and the
-prompt's text), so the same request always gets the same bytes; the body is OpenAI's images
-response with gpt-image-1-style ``usage``, so metrics, cost and the usage log see real numbers.
+works offline. A prompt that names simple shapes, colours, counts, a background and places ("A
+small red cube on a white background.") is drawn as it says (plugins/local_scene.py reads it,
+plugins/local_paint.py draws it); any other is drawn from a hash of the prompt (a gradient, a few
+shapes and the prompt's text). The same request always gets the same bytes; the body is
+OpenAI's images response with gpt-image-1-style ``usage``, so metrics, cost and the usage log
+see real numbers.
 
 Demo and testing aid for retries, breakers and fallbacks: a prompt that contains the marker
 ``[local:fail-<status>]`` (e.g. ``[local:fail-503]``) fails with that HTTP status (400..599) and
@@ -25,12 +28,16 @@ import re
 import textwrap
 import time
 import uuid
-from typing import Annotated, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
 import msgspec
 
 from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
                               openai_image_models)
+from plugins.local_scene import read_scene
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["FAILURES", "IMAGE_TOKENS", "LocalProvider"]
 
@@ -160,8 +167,32 @@ def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
 def _render(
     prompt: str, width: int, height: int, fmt: str, transparent: bool, compression: int, index: int
 ) -> bytes:
+    return _encode(_draw(prompt, width, height, transparent, index), fmt, compression)
+
+
+def _draw(prompt: str, width: int, height: int, transparent: bool, index: int) -> Image.Image:
+    """The picture: the scene the prompt names, or, when it names no shape, the abstract one."""
     # Imported here: Pillow and its codecs are ~8 MB of RSS that a gateway which never uses the
     # local provider (every plugin module is imported at start-up) should not carry.
+    from plugins.local_paint import paint
+
+    scene = read_scene(prompt)
+    if scene.objects:
+        return paint(scene, width, height, transparent=transparent, index=index)
+    return _abstract(prompt, width, height, transparent, index)
+
+
+def _encode(canvas: Image.Image, fmt: str, compression: int) -> bytes:
+    pil_format, options = _FORMATS[fmt]
+    if fmt != "png":
+        options = {**options, "quality": compression}
+    out = io.BytesIO()
+    canvas.save(out, pil_format, **options)
+    return out.getvalue()
+
+
+def _abstract(prompt: str, width: int, height: int, transparent: bool, index: int) -> Image.Image:
+    """A gradient, shapes and the prompt as a caption, all seeded from the prompt's hash."""
     from PIL import Image, ImageDraw, ImageFont
 
     seed = hashlib.blake2b(prompt.encode(), digest_size=32).digest()
@@ -219,10 +250,4 @@ def _render(
                 target.text(xy, line, font=font, fill=fill or _rgb(hue, 0.6, 0.25))
     if mask is not None:
         canvas.putalpha(mask)
-
-    pil_format, options = _FORMATS[fmt]
-    if fmt != "png":
-        options = {**options, "quality": compression}
-    out = io.BytesIO()
-    canvas.save(out, pil_format, **options)
-    return out.getvalue()
+    return canvas
