@@ -114,17 +114,18 @@ async def serve(config: Config, listeners: Listeners, *,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    control = None
+    if worker is not None:  # before SIGHUP is handled: a worker's reload goes through the supervisor
+        control = WorkerControl(await Channel.open(worker.control), app[RELOADER],
+                                on_broadcast=app[DASHBOARD_SESSIONS].on_broadcast)
+        app[DASHBOARD_SESSIONS].broadcast = control.broadcast
     # Config reload: SIGHUP to this process (to a worker: the supervisor reloads them all).
     loop.add_signal_handler(signal.SIGHUP, _on_reload(app))
     # A worker starts with SIGHUP blocked (gateway/supervisor.py), so one sent before this point
     # waits instead of killing it; it is handled now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    control = None
-    if worker is not None:
-        control = WorkerControl(await Channel.open(worker.control), app[RELOADER],
-                                on_broadcast=app[DASHBOARD_SESSIONS].on_broadcast)
-        app[DASHBOARD_SESSIONS].broadcast = control.broadcast
-        control.start()
+    if control is not None:
+        control.start()  # tells the supervisor it serves (and on which config generation)
 
     _freeze_startup_objects()
     log.info("OpenGateway listening on http://%s:%s", *listeners.public.getsockname()[:2])

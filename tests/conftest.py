@@ -75,6 +75,20 @@ def make_client(aiohttp_client: Callable[..., Any], make_config: Callable[..., C
 
 
 @pytest.fixture
+def started_from_file(aiohttp_client: Callable[..., Any], upstream: FakeUpstream, tmp_path: Any) -> Callable[..., Any]:
+    """A gateway started from a config file (the base config plus ``extra``), as ``serve --config``
+    does, so that a reload re-reads it: the client, the file and the text written to it."""
+    from gateway.config import load_config
+
+    async def start(extra: str = "") -> tuple[TestClient, Any, str]:
+        path = tmp_path / "gateway.yaml"
+        text = base_config_yaml(upstream.url, extra)
+        path.write_text(text)
+        return await aiohttp_client(create_app(load_config(str(path)), config_path=str(path))), path, text
+    return start
+
+
+@pytest.fixture
 async def client(make_client: Callable[..., Any]) -> TestClient:
     return await make_client()
 

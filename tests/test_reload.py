@@ -4,7 +4,7 @@ with; a bad file is refused and the running config stays; requests in flight kee
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -17,9 +17,9 @@ from typing import Any, Callable
 import pytest
 
 from gateway.app import create_app
-from gateway.config import load_config
+from gateway.config import key_hash, load_config
 from tests.conftest import UPSTREAM_KEY
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, error
 from tests.gate import Gate
 from tests.gateway_process import wait_listening
 
@@ -31,15 +31,11 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def digest(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
 def config_text(upstream_url: str, keys: tuple[str, ...] = (KEY,), limits: str = "", extra: str = "") -> str:
-    entries = "".join(f'  - {{name: k{i}, hash: "{digest(k)}"{limits}}}\n' for i, k in enumerate(keys))
+    entries = "".join(f'  - {{name: k{i}, hash: "{key_hash(k)}"{limits}}}\n' for i, k in enumerate(keys))
     return f"""keys:
 {entries}admin_keys:
-  - {{name: ops, hash: "{digest(ADMIN_KEY)}"}}
+  - {{name: ops, hash: "{key_hash(ADMIN_KEY)}"}}
 providers:
   - id: openai-main
     plugin: openai
@@ -162,3 +158,40 @@ async def test_sighup_reloads_a_real_server(upstream: Any, tmp_path: Path) -> No
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert "config reloaded" in err
+
+
+async def test_a_reload_rotates_the_metrics_token_and_says_so(started: Any, upstream: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="opengateway.reload")
+    old, new = "metrics-token-old-0123456789", "metrics-token-new-0123456789"
+    client, path = await started(config_text(upstream.url, extra=f"metrics: {{bearer_token: {old}}}\n"))
+    assert (await client.get("/metrics", headers=auth(old))).status == 200
+    assert (await client.get("/metrics", headers=auth(new))).status == 401
+    path.write_text(config_text(upstream.url, extra=f"metrics: {{bearer_token: {new}}}\n"))
+    assert (await client.post("/admin/reload", headers=auth(ADMIN_KEY))).status == 200
+    assert (await client.get("/metrics", headers=auth(new))).status == 200
+    assert (await client.get("/metrics", headers=auth(old))).status == 401
+    assert any("changed: metrics" in r.getMessage() for r in caplog.records)  # the operator is told
+
+
+async def test_a_provider_credential_added_by_a_reload_is_redacted(started: Any, upstream: Any) -> None:
+    """The redactor is rebuilt from each configuration: a credential that arrived with a reload is
+    scrubbed, in whole and in the masked forms upstreams quote, like one configured at start."""
+    added = "azure-style-credential-9f8e7d6c5b4a"  # not sk-shaped: only the configured value tells
+    client, path = await started(config_text(upstream.url))
+    path.write_text(config_text(upstream.url, extra=f"""  - id: second
+    plugin: openai
+    region: second
+    settings: {{api_key: {added}, base_url: "{upstream.url}"}}
+models:
+  openai/gpt-image-1: {{targets: [second]}}
+"""))
+    assert (await client.post("/admin/reload", headers=auth(ADMIN_KEY))).status == 200
+    upstream.script("gpt-image-1", error(400, "invalid_value",
+                                         f"Bad value near {added}; key {added[:8]}\u2026{added[-4:]}"))
+    resp = await client.post("/v1/images/generations", json=BODY, headers=auth(KEY))
+    text = await resp.text()
+    assert resp.status == 400 and "Bad value near" in text
+    assert upstream.received[-1].headers["Authorization"] == f"Bearer {added}"  # it did go to the new one
+    for piece in (added, added[:8], added[-6:]):
+        assert piece not in text

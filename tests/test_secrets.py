@@ -92,3 +92,40 @@ async def test_malformed_authorization_is_not_logged(client: Any, caplog: pytest
         assert status == 400
     assert "Error handling request" in caplog.text  # the parser did log: the check is not vacuous
     assert_clean("the aiohttp.server log", caplog.text)
+
+
+@pytest.mark.parametrize("line", [
+    b"Authorization: Token " + GATEWAY_KEY.encode() + b"\x01\r\n",   # another scheme, then a bad byte
+    b"Authorization: Bearer\r\n " + GATEWAY_KEY.encode() + b"\r\n",  # the key on a folded line
+    b"Authorization: Bearer\r" + GATEWAY_KEY.encode() + b"\r\n",     # a bare CR before the key
+    b"Authorization: Bearer \n" + GATEWAY_KEY.encode() + b"\r\n",    # a bare LF before the key
+    b"X-Api-Key: " + GATEWAY_KEY.encode() + b"\x7f\r\n",               # a key under another header
+], ids=["token scheme", "folded", "bare CR", "bare LF", "other header"])
+async def test_a_key_in_a_malformed_request_never_reaches_the_log(client: Any, caplog: pytest.LogCaptureFixture,
+                                                                   line: bytes) -> None:
+    """aiohttp logs the line its parser refused; the key in it may have any scheme, or none (a
+    folded or broken line leaves it alone), so it is found by its digest, not by its shape."""
+    caplog.set_level(logging.DEBUG)
+    status, _ = await raw(client, line)
+    assert status == 400
+    assert "Error handling request" in caplog.text  # the parser did log: the check is not vacuous
+    assert_clean("the aiohttp.server log", caplog.text)
+    for record in caplog.records:
+        assert_clean("a log record", record.getMessage() + str(record.exc_text))
+
+
+def test_the_redactor_scrubs_every_form_of_a_credential() -> None:
+    secret = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+    redact = Redactor([secret], frozenset())
+    forms = [
+        f"Incorrect API key provided: {secret[:6]}*****{secret[-4:]}.",   # OpenAI's masked form
+        f"key ending in ...{secret[-6:]} is revoked",                     # a suffix
+        f"key {secret[:12]}... is not allowed",                           # a prefix
+        f"Authorization: Token {secret}",                                 # another scheme
+        f"the key {secret[3:]} (without its prefix)",
+    ]
+    for text in forms:
+        out = redact(text)
+        for piece in (secret[-4:], secret[-6:], secret[:12], secret[3:]):
+            assert piece not in out, (text, out)
+    assert redact("The engine is currently overloaded.") == "The engine is currently overloaded."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any, Awaitable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -104,22 +105,22 @@ class RedisBackend:
         # The {hash tag} keeps one key's counters in one Redis Cluster slot, as a script needs.
         return f"{self.prefix}{{{key}}}:{kind}"
 
-    async def _call(self, coro: object) -> object:
+    async def _call(self, coro: Awaitable[Any]) -> Any:
         try:
             async with asyncio.timeout(self.call_timeout_s):
-                return await coro  # type: ignore[misc]
+                return await coro
         except (RedisError, OSError, TimeoutError) as exc:
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def acquire(self, plan: Plan, token: str) -> Decision:
         keys = [self._key(plan.key, "rpm"), self._key(plan.key, "ipm"), self._key(plan.key, "slots"),
                 self._key(plan.key, f"usd:{plan.day}"), self._key(plan.key, f"usd:{plan.month}")]
-        args = [plan.requests_per_minute or 0, plan.images_per_minute or 0, plan.images,
+        args: list[int | str] = [plan.requests_per_minute or 0, plan.images_per_minute or 0, plan.images,
                 plan.concurrent_requests or 0, math.ceil(plan.slot_lease_s * 1000), token,
                 plan.spend_day_micro or 0, plan.spend_month_micro or 0, int(WINDOW_S * 1000)]
         reply = await self._call(self._acquire(keys=keys, args=args))
-        denied, r_used, r_ttl, i_used, i_ttl, s_used, d_spent, m_spent = reply  # type: ignore[misc]
-        denied = denied.decode() if isinstance(denied, bytes) else denied
+        raw_denied, r_used, r_ttl, i_used, i_ttl, s_used, d_spent, m_spent = reply
+        denied = raw_denied.decode() if isinstance(raw_denied, bytes) else str(raw_denied)
         return Decision(
             denied=denied or None, requests_used=int(r_used), requests_reset_s=int(r_ttl) / 1000,
             images_used=int(i_used), images_reset_s=int(i_ttl) / 1000, concurrent_used=int(s_used),
