@@ -44,7 +44,8 @@ class ImageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     moderation: str | None = None
     user: str | None = None
     stream: bool | None = None
-    partial_images: int | None = None
+    #: Partial images to stream before the completed one (``stream: true`` only).
+    partial_images: Annotated[int, Meta(ge=0, le=3)] | None = None
     response_format: str | None = None
     style: str | None = None
     #: Gateway options; never sent upstream.
@@ -57,10 +58,15 @@ class ImageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
         """How many images the request asks for (``n``, 1 when absent)."""
         return 1 if self.n is None else self.n
 
-    def openai_body(self, model: str, extra_fields: Mapping[str, Any] = _NO_FIELDS) -> bytes:
+    def openai_body(self, model: str, extra_fields: Mapping[str, Any] = _NO_FIELDS, stream: bool = False) -> bytes:
         """The JSON body for an OpenAI-compatible upstream: ``model`` as the model (the upstream's
-        own name for it), the operator-allowed ``extra_fields`` added, the gateway's options left out."""
-        upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None)
+        own name for it), the operator-allowed ``extra_fields`` added, the gateway's options left
+        out; ``stream`` and ``partial_images`` only for a streaming call (``stream=True``)."""
+        if stream:
+            upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None)
+        else:
+            upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None, stream=None,
+                                               partial_images=None)
         if not extra_fields:  # the usual case
             return msgspec.json.encode(upstream)
         body = msgspec.to_builtins(upstream)
@@ -102,7 +108,7 @@ class Attempt(msgspec.Struct, omit_defaults=True):
 
     provider: str
     region: str
-    status: str  # succeeded | failed | timeout | skipped
+    status: str  # succeeded | failed | timeout | skipped | cancelled (the client left mid-stream)
     model: str
     target: str
     latency_ms: float = 0.0

@@ -51,6 +51,15 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_n: int = 10
     #: Request fields beyond the contract that this model accepts and that are forwarded as is.
     extra_fields: tuple[str, ...] = ()
+    #: Streams partial images (``stream: true``); the plugin implements ``Provider.stream``. A
+    #: model without it still serves streaming requests, with the completed event only.
+    streaming: bool = False
+    #: Serves ``POST /v1/images/edits``; the plugin implements ``Provider.edit``.
+    edits: bool = False
+    #: The most input images one edit may carry.
+    max_input_images: int = 16
+    #: The ``input_fidelity`` values an edit may ask for; empty: the model does not take the field.
+    input_fidelities: tuple[str, ...] = ()
 
 
 class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
 from aiohttp import web
 
+from gateway import streaming
+from gateway.api import Usage
 from gateway.appkeys import LIFECYCLE, PLAN, PRINCIPAL, RECORD, RUNTIME
 from gateway.cost import model_cost
+from gateway.errors import GatewayError
 from gateway.middleware import public
 from gateway.middleware.validation import expects_images_request
+from gateway.plan import Plan
+from gateway.provider import ProviderError
+from gateway.record import RequestRecord
+from gateway.registry import ModelRoute
 from gateway.response import images_response
+from gateway.router import Routed
+from gateway.runtime import Runtime
 
 
 @expects_images_request
@@ -26,17 +36,72 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     target = routed.target
     record.model_served = target.model
     record.provider, record.region = target.plugin, target.region
+    served = runtime.registry.models.get(target.model, plan.route)
+    headers: dict[str, str] = {}
+    if routed.result is not None:
+        headers.update(routed.result.headers)  # what the plugin chose to pass on (provider.pass_through)
+        if routed.result.upstream_request_id:
+            headers["x-upstream-request-id"] = routed.result.upstream_request_id
+    if routed.first is not None:
+        return await _relay(request, runtime, plan, record, routed, served, headers)
+    assert routed.result is not None and routed.parsed is not None
     record.usage = routed.parsed.usage
     record.images = len(routed.parsed.data)
-    served = runtime.registry.models.get(target.model, plan.route)
     record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id)
-    headers = dict(routed.result.headers)  # what the plugin chose to pass on (provider.pass_through)
-    if routed.result.upstream_request_id:
-        headers["x-upstream-request-id"] = routed.result.upstream_request_id
     extra_out = {"routing": {"attempts": routed.attempts}, "usage": record.cost}  # Structs encode as they are
     response = await images_response(request, routed.result.body, routed.parsed, extra_out, headers)
     record.response_bytes = response.content_length or 0
     return response
+
+
+async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: RequestRecord, routed: Routed,
+                 served: ModelRoute, headers: dict[str, str]) -> web.StreamResponse:
+    """A streaming answer (gateway/streaming.py): the first event is in hand, the rest follow.
+    Usage, cost and the record settle from the completed events."""
+    record.stream = True
+    response = await streaming.open_stream(request, headers)
+    record.first_event_s = routed.first_event_at - record.arrived_at
+    usage: Usage | None = None
+    written = 0
+    event = routed.first
+    rest = runtime.router.follow(routed)
+    try:
+        while event is not None:
+            head = streaming.read_event(event)
+            if streaming.is_completed(event.type):
+                usage = streaming.add_usage(usage, head.usage)
+                record.images += 1
+                record.usage = usage
+                record.tokens, record.cost = model_cost(usage, served.price, served.price_source, served.id)
+                extra = {"routing": {"attempts": routed.attempts}, "usage": record.cost}
+                written += await streaming.write_event(response, event.type, event.data, extra)
+            else:
+                record.partial_images += 1
+                written += await streaming.write_event(response, event.type, event.data)
+            event = await anext(rest, None)
+    except ProviderError as exc:  # an invalid event: the upstream's fault, after the stream began
+        await rest.aclose()
+        attempt = routed.attempt
+        attempt.status, attempt.http_status, attempt.error_code = "failed", exc.status, exc.code
+        attempt.error_message = runtime.redactor(exc.message)
+        written += await _stream_error(response, record, GatewayError(
+            f"The stream failed after it started: {attempt.error_message}", status=502, code=exc.code),
+            routed)
+    except GatewayError as exc:
+        written += await _stream_error(response, record, exc, routed)
+    except (asyncio.CancelledError, ConnectionResetError):
+        await rest.aclose()
+        raise
+    record.response_bytes = written
+    await response.write_eof()
+    return response
+
+
+async def _stream_error(response: web.StreamResponse, record: RequestRecord, error: GatewayError,
+                        routed: Routed) -> int:
+    record.error_code = error.code
+    return await streaming.write_error(response, error, {"routing": {"attempts": routed.attempts},
+                                                          "usage": record.cost})
 
 
 class ModelObject(msgspec.Struct):

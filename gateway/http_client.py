@@ -24,7 +24,7 @@ import ssl
 import time
 import zlib
 from functools import lru_cache
-from typing import Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 import httptools
@@ -91,16 +91,19 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight, answered through ``waiter``."""
 
     __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "past_parser",
-                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof")
+                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof", "sink")
 
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], bytes]] | None = None
+        #: The call's answer: (status, headers, body), or (status, headers, BodyStream) when streaming.
+        self.waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], Any]] | None = None
         self.closed = False
         self.idle_since = 0.0
         self.past_parser = False
+        #: A streaming call's body, handed to its reader as it arrives (``HTTPClient.stream``).
+        self.sink: BodyStream | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -126,7 +129,7 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():  # bytes nobody asked for: not reusable
+        if self.sink is None and (self.waiter is None or self.waiter.done()):  # bytes nobody asked for
             self.close()
             return
         if self.past_parser:
@@ -134,7 +137,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-            if self.declared is not None and not self.complete and not self.waiter.done():
+            waiter = self.waiter
+            if self.declared is not None and not self.complete and waiter is not None and not waiter.done():
                 # The rest of a Content-Length body is kept as the socket delivers it: the parser
                 # would copy every chunk once more (megabytes of base64) before the final join.
                 self.past_parser = True
@@ -151,6 +155,9 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.pool._forget(self)
         waiter = self.waiter
+        if self.sink is not None and not self.complete:
+            self.sink.end(None if self.until_eof and self.status else ConnectionResetError(
+                "the upstream closed the connection before answering in full"))
         if waiter is not None and not waiter.done():
             if self.until_eof and self.status:
                 self._finish()
@@ -185,11 +192,17 @@ class _Connection(asyncio.Protocol):
         self.declared = None if chunked else length
         self.keep_alive = self.parser.should_keep_alive()  # Connection and version: known by now
         self.until_eof = length is None and not chunked
+        if self.sink is not None and self.waiter is not None and not self.waiter.done():
+            # A streaming call gets the status and headers now, the body as it comes.
+            self.waiter.set_result((self.status, CIMultiDictProxy(CIMultiDict(self.headers)), self.sink))
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size > self.pool.max_body_bytes:
             raise ResponseTooLarge(self.pool.max_body_bytes, None)
+        if self.sink is not None:
+            self.sink.feed(body)
+            return
         self.chunks.append(body)
 
     def _body_bytes(self, data: bytes) -> None:
@@ -216,6 +229,9 @@ class _Connection(asyncio.Protocol):
     # -- results ----------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        if self.sink is not None:
+            self.sink.end(None)
+            return
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
@@ -240,6 +256,8 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
+        if self.sink is not None:
+            self.sink.end(exc)
         self.close()
 
     def reusable(self) -> bool:
@@ -249,6 +267,73 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()  # connection_lost follows and forgets it
         self.closed = True
+
+
+class BodyStream:
+    """A streaming call's body as the socket delivers it, read chunk by chunk (``read``). Reading
+    from the socket pauses while more than ``HIGH_WATER_BYTES`` wait unread, so a slow reader
+    holds the rest in the kernel, not in memory. ``close`` gives the connection back to the pool
+    when the body was read to its end, and aborts it otherwise (the reader gave up)."""
+
+    HIGH_WATER_BYTES = 8 << 20
+    LOW_WATER_BYTES = 1 << 20
+
+    __slots__ = ("_conn", "_chunks", "_buffered", "_done", "_error", "_waiter", "_paused")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn: _Connection | None = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        conn = self._conn
+        if self._buffered > self.HIGH_WATER_BYTES and not self._paused and conn is not None and conn.transport:
+            conn.transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def end(self, error: BaseException | None) -> None:
+        if not self._done:
+            self._done, self._error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes | None:
+        """The next chunk of the body; None at its end; raises what broke it."""
+        while not self._chunks and not self._done:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._chunks:
+            data = self._chunks.popleft()
+            self._buffered -= len(data)
+            conn = self._conn
+            if self._paused and self._buffered < self.LOW_WATER_BYTES and conn is not None and conn.transport:
+                conn.transport.resume_reading()
+                self._paused = False
+            return data
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.sink, conn.waiter = None, None
+        read_to_end = self._done and self._error is None and not self._chunks
+        conn.pool._release(conn, reuse=read_to_end and conn.reusable())
 
 
 def _expire(waiter: asyncio.Future[object]) -> None:
@@ -331,6 +416,38 @@ class HTTPClient:
         conn.waiter = None
         self._release(conn, reuse=conn.reusable())
         return result
+
+    async def stream(self, method: str, url: str, body: bytes, headers: Mapping[str, str],
+                     params: Mapping[str, str] | None = None, timeout_s: float | None = None,
+                     ) -> tuple[int, CIMultiDictProxy[str], BodyStream]:
+        """Like ``request``, but return as soon as the status and headers are in, with the body to
+        read as it arrives. ``timeout_s`` bounds the wait for the headers; the reader bounds the
+        rest, and must ``close`` the BodyStream (it releases or aborts the connection)."""
+        target = _target(method, url, urlencode(params) if params else "")
+        length = b"Content-Length: %d\r\n\r\n" % len(body) if body or method not in _BODILESS else b"\r\n"
+        request = b"".join((target.head, _header_block(headers).encode("latin-1"), length, body))
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        async with asyncio.timeout_at(deadline):
+            conn = self._idle_connection(target.origin) or await self._acquire(target.origin)
+            sink = conn.sink = BodyStream(conn)
+            waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], BodyStream]] = loop.create_future()
+            conn.waiter = waiter
+            try:
+                assert conn.transport is not None
+                conn.transport.write(request)
+                status, answer_headers, _ = await waiter
+            except BaseException:
+                conn.sink, conn.waiter = None, None
+                self._release(conn, reuse=False)
+                raise
+        if any(name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
+               for name, value in answer_headers.items()):
+            sink.close()
+            raise UpstreamProtocolError("the upstream compressed a streamed answer it was asked to send as is")
+        return status, answer_headers, sink
 
     def _idle_connection(self, origin: Origin) -> _Connection | None:
         if self._closed:

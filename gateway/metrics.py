@@ -87,7 +87,7 @@ RESPONSE_SIZE = Histogram(
     buckets=SIZE_BUCKETS)
 ATTEMPTS = Counter(
     "opengateway_upstream_attempts",
-    "Upstream attempts by provider plugin, region, model and outcome (succeeded, failed, timeout, skipped).",
+    "Upstream attempts by provider plugin, region, model and outcome (succeeded, failed, timeout, skipped, cancelled).",
     ["gen_ai_provider_name", "cloud_region", "gen_ai_request_model", "outcome"])
 ATTEMPT_DURATION = Histogram(
     "opengateway_upstream_attempt_duration_seconds", "Duration of upstream attempts (skipped ones excluded).",
@@ -116,6 +116,16 @@ LIMITS_BACKEND_ERRORS = Counter(
     "opengateway_limits_backend_errors",
     "Calls to the limits backend (Redis) that failed or timed out, by operation (acquire, release, charge).",
     ["operation"])
+STREAM_FIRST_EVENT = Histogram(
+    "opengateway_stream_first_event_seconds",
+    "Streamed requests: time from the request's arrival to its first event.",
+    ["http_route", "gen_ai_request_model"], buckets=LATENCY_BUCKETS)
+STREAM_DURATION = Histogram(
+    "opengateway_stream_duration_seconds", "Streamed requests: time from arrival to the stream's end.",
+    ["http_route", "gen_ai_request_model"], buckets=LATENCY_BUCKETS)
+STREAM_PARTIAL_IMAGES = Counter(
+    "opengateway_stream_partial_images", "Partial images relayed to streaming clients.",
+    ["gen_ai_response_model", "gen_ai_provider_name"])
 RATE_LIMITED = Counter(
     "opengateway_rate_limited", "Requests refused by a key's limit, by the limit that refused them.",
     ["limit", "key_name"])
@@ -157,6 +167,9 @@ _tokens: Children[Any] = Children(TOKENS)
 _cost: Children[Any] = Children(COST)
 _cost_unknown: Children[Any] = Children(COST_UNKNOWN)
 _breaker: Children[Any] = Children(BREAKER_STATE)
+_first_event: Children[Any] = Children(STREAM_FIRST_EVENT)
+_stream_duration: Children[Any] = Children(STREAM_DURATION)
+_partials: Children[Any] = Children(STREAM_PARTIAL_IMAGES)
 
 _Series = tuple[Children[Any], tuple[str, ...]]
 
@@ -243,9 +256,15 @@ def observe(record: RequestRecord, key_label: bool) -> None:
         batch.inc(_attempts, labels)
         if attempt.status != "skipped":
             batch.observe(_attempt_duration, labels, attempt.latency_ms / 1000)
+    if record.stream:
+        if record.first_event_s is not None:
+            batch.observe(_first_event, (route, model), record.first_event_s)
+        batch.observe(_stream_duration, (route, model), record.duration_s)
     served = record.model_served
     if served is not None:  # an upstream answered; its images were paid for (even on a 499)
         provider = record.provider or "none"
+        if record.partial_images:
+            batch.inc(_partials, (served, provider), record.partial_images)
         if served != model:
             batch.inc(_fallbacks, (model, served))
         if record.images:

@@ -42,10 +42,10 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
     problem = unsupported_error(request)
     if problem is not None:
         raise problem
-    if request.stream is not None or request.response_format is not None:
+    if request.stream is False or request.response_format is not None:
         # ``stream: false`` and ``response_format: "b64_json"`` ask for what GPT Image models do
         # anyway; the models refuse the latter, so neither is sent upstream.
-        request = msgspec.structs.replace(request, stream=None, response_format=None)
+        request = msgspec.structs.replace(request, stream=request.stream or None, response_format=None)
     registry = runtime.registry
     route = registry.resolve(request.model)
     if not may_use(key, route.id):
@@ -70,11 +70,14 @@ def _candidates(route: ModelRoute, request: ImageRequest, unknown: dict[str, Any
     for target in runtime.router.order(route.targets, route.weighted):
         if problem is not None:
             yield Candidate(target, unsupported=problem.message)
-        elif target.capabilities is None:  # the usual case: the deployment accepts what its model does
-            yield Candidate(target, unknown)
-        else:
-            own = _unsupported_by(request, unknown, target.capabilities)
-            yield Candidate(target, unknown, own.message if own is not None else None)
+            continue
+        own = None
+        caps = route.capabilities
+        if target.capabilities is not None:  # the deployment accepts less than its model
+            caps = target.capabilities
+            own = _unsupported_by(request, unknown, caps)
+        yield Candidate(target, unknown, own.message if own is not None else None,
+                        streams=bool(request.stream) and caps.streaming)
 
 
 def _unsupported_by(request: ImageRequest, unknown: dict[str, Any], caps: Capabilities) -> InvalidRequest | None:

@@ -18,7 +18,7 @@ aiohttp session handed to ``__init__``, and the module-level ``post_json`` / ``r
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, ClassVar, Mapping, Sequence
 
 import msgspec
 
@@ -26,7 +26,8 @@ from gateway.api import ImageRequest
 from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
 from gateway.http_client import check_url
 from gateway.provider_error import ProviderError
-from gateway.upstream_http import Answer, UpstreamHTTP
+from gateway.upstream import skeleton
+from gateway.upstream_http import Answer, StreamingAnswer, UpstreamHTTP
 
 # The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
 # keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
@@ -42,12 +43,16 @@ __all__ = [
     "Provider",
     "ProviderError",
     "SizeRule",
+    "StreamEvent",
+    "StreamingAnswer",
     "UpstreamHTTP",
     "check_url",
     "error_from_openai",
     "openai_image_models",
+    "openai_stream",
     "pass_through",
     "retry_after_s",
+    "stream_event",
 ]
 
 #: Bumped when the contract changes incompatibly; the gateway skips plugins built for another.
@@ -94,6 +99,34 @@ class ImageResult(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = {}
 
 
+class StreamEvent(msgspec.Struct, frozen=True):
+    """One event of an image stream, as the client receives it.
+
+    ``type`` is the event's type: ``image_generation.partial_image`` and
+    ``image_generation.completed`` (``image_edit.`` for edits). ``data`` is the event's JSON object,
+    ``{"type": ..., "b64_json": ..., "created_at", "size", "quality", "background",
+    "output_format"}`` plus ``partial_image_index`` (partial) or ``usage`` (completed), relayed to
+    the client byte for byte: its base64 is never decoded. ``stream_event`` builds one.
+    """
+
+    type: str
+    data: bytes
+
+
+def stream_event(type: str, b64_json: bytes, *, created_at: int, size: str, quality: str, background: str,
+                 output_format: str, partial_image_index: int | None = None,
+                 usage: Mapping[str, Any] | None = None) -> StreamEvent:
+    """A stream event from an image's base64 (for plugins that make the images themselves)."""
+    fields: dict[str, Any] = {"created_at": created_at, "size": size, "quality": quality,
+                              "background": background, "output_format": output_format}
+    if partial_image_index is not None:
+        fields["partial_image_index"] = partial_image_index
+    if usage is not None:
+        fields["usage"] = usage
+    rest = msgspec.json.encode(fields)
+    return StreamEvent(type, b'{"type":' + msgspec.json.encode(type) + b',"b64_json":"' + b64_json + b'",' + rest[1:])
+
+
 class Provider(abc.ABC):
     """Base class of every provider plugin (built-in or third party)."""
 
@@ -118,6 +151,14 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
         """Make one upstream call for ``call.model`` within ``call.timeout_s``, or raise ProviderError."""
+
+    def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Optional, for models whose capabilities say ``streaming``: an async generator of the
+        request's events, partial images then the completed image(s). Failing before the first
+        event (ProviderError) lets the router try the next target; after it, the client gets an
+        error event. ``call.timeout_s`` bounds the wait for each event; closing the generator
+        (the client left) must cancel the upstream call."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
 
     async def close(self) -> None:
         """Release what the instance holds (the HTTP pool is the gateway's to close)."""
@@ -174,3 +215,36 @@ PASS_THROUGH_HEADERS = ("openai-processing-ms", "x-ratelimit-limit-requests", "x
 def pass_through(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream headers a plugin should put in ``ImageResult.headers``."""
     return {k: v for k in PASS_THROUGH_HEADERS if (v := headers.get(k)) is not None}
+
+
+class _EventHead(msgspec.Struct):
+    type: str = ""
+    error: _OpenAIErrorObject | None = None
+
+
+_event_head = msgspec.json.Decoder(_EventHead)
+
+
+async def openai_stream(answer: StreamingAnswer,
+                        errors: Callable[[int, bytes, Mapping[str, str]], ProviderError] = error_from_openai,
+                        ) -> AsyncIterator[StreamEvent]:
+    """The events of an image stream in OpenAI's dialect (OpenAI, Azure OpenAI, compatible
+    servers), for ``Provider.stream``: a non-2xx answer becomes ``errors(status, body, headers)``;
+    an error event becomes a ProviderError; each image event is handed on as it came."""
+    if not 200 <= answer.status < 300:
+        raise errors(answer.status, await answer.read(), answer.headers)
+    async for name, data in answer.events():
+        if data == b"[DONE]":
+            return
+        try:
+            head = _event_head.decode(skeleton(data))
+        except (msgspec.DecodeError, RecursionError):
+            raise ProviderError("The upstream sent a stream event that is not a JSON object.", status=502,
+                                code="invalid_upstream_response", retryable=True) from None
+        if head.error is not None or name == "error":
+            err = head.error or _OpenAIErrorObject(message="The upstream reported an error in its stream.")
+            client_fault = err.type in ("invalid_request_error", "image_generation_user_error")
+            raise ProviderError(err.message or "The upstream reported an error in its stream.",
+                                status=400 if client_fault else 502, type=err.type or "server_error",
+                                code=None if err.code is None else str(err.code), param=err.param)
+        yield StreamEvent(head.type or name, data)

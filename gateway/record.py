@@ -36,6 +36,12 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     usage: Usage | None = None
     images: int = 0
     upstream_s: float = 0.0
+    #: ``time.perf_counter()`` when the request arrived (the outermost middleware's clock).
+    arrived_at: float = 0.0
+    #: A streamed answer: the time from arrival to its first event, and the partial images relayed.
+    stream: bool = False
+    first_event_s: float | None = None
+    partial_images: int = 0
     request_bytes: int = 0
     response_bytes: int = 0
     status: int = 0

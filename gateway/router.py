@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
 import msgspec
 
@@ -27,9 +27,10 @@ from gateway.api import Attempt, ImageRequest, UpstreamImagesResponse
 from gateway.breaker import CLOSED, HALF_OPEN, Breaker, State
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from gateway.provider import Call, ImageResult, ProviderError
+from gateway.provider import Call, ImageResult, ProviderError, StreamEvent
 from gateway.redact import Redactor
 from gateway.registry import Target
+from gateway.streaming import completed_events, iterate
 from gateway.upstream import parse_upstream
 
 log = logging.getLogger("opengateway.router")
@@ -48,13 +49,28 @@ class Candidate(msgspec.Struct, frozen=True):
     target: Target
     extra_fields: dict[str, Any] = {}
     unsupported: str | None = None
+    #: The request streams and this target can stream partial images (``Provider.stream``).
+    streams: bool = False
+
+
+#: Told in the attempt of a streaming request served by a target that cannot stream.
+NO_PARTIAL_IMAGES = "partial images are not available from this target: only the completed image is sent"
 
 
 class Routed(msgspec.Struct):
-    result: ImageResult
-    parsed: UpstreamImagesResponse
     target: Target
     attempts: list[Attempt]
+    #: The succeeded attempt (a stream that fails later is reported on it).
+    attempt: Attempt
+    #: A whole answer (a request that does not stream, or a target that cannot).
+    result: ImageResult | None = None
+    parsed: UpstreamImagesResponse | None = None
+    #: A stream: its first event, already received, and the rest (``Router.follow``).
+    first: StreamEvent | None = None
+    events: AsyncIterator[StreamEvent] | None = None
+    #: When the first event arrived (``time.perf_counter``), and the request's deadline (router clock).
+    first_event_at: float = 0.0
+    deadline: float = 0.0
 
 
 class TargetHealth(msgspec.Struct):
@@ -78,6 +94,16 @@ class RouterTiming(NamedTuple):
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
     rng: random.Random | None = None
+
+
+_Answer = tuple[ImageResult | None, UpstreamImagesResponse | None, StreamEvent | None,
+                AsyncIterator[StreamEvent] | None]
+
+
+async def _close(events: AsyncIterator[StreamEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def order_targets(targets: tuple[Target, ...], rng: random.Random) -> Sequence[Target]:
@@ -183,7 +209,7 @@ class Router:
         started = clock()
         call = Call(target.model, min(self.config.attempt_timeout_s, remaining_s), candidate.extra_fields)
         try:
-            result, parsed = await self._call(target, request, call)
+            answer = await self._call(target, request, call, candidate.streams)
         except ProviderError as exc:
             now = clock()
             self._scrub(exc, target)
@@ -207,8 +233,11 @@ class Router:
             breaker.released(probe)
             raise
         breaker.succeeded()
-        walk.attempts.append(_attempt(target, "succeeded", clock() - started, 200, notes=call.notes))
-        return Routed(result, parsed, target, walk.attempts)
+        attempt = _attempt(target, "succeeded", clock() - started, 200, notes=call.notes)
+        walk.attempts.append(attempt)
+        result, parsed, first, events = answer
+        return Routed(target, walk.attempts, attempt, result, parsed, first, events, time.perf_counter(),
+                      walk.deadline)
 
     def _scrub(self, exc: ProviderError, target: Target) -> None:
         """Make an upstream's error text safe to show the client. A refused credential (401, 403)
@@ -229,10 +258,18 @@ class Router:
             return now + exc.retry_after_s if exc.retry_after_s <= config.max_retry_after_s else None
         return now + self.rng.uniform(0.0, min(config.backoff_cap_s, config.backoff_base_s * 2.0 ** retry))
 
-    async def _call(self, target: Target, request: ImageRequest, call: Call
-                    ) -> tuple[ImageResult, UpstreamImagesResponse]:
+    async def _call(self, target: Target, request: ImageRequest, call: Call, streams: bool) -> _Answer:
         provider = target.provider
         try:
+            if streams:
+                events = provider.stream(request, call)
+                try:
+                    async with asyncio.timeout(call.timeout_s):
+                        first = await anext(events)
+                except BaseException:
+                    await _close(events)
+                    raise
+                return None, None, first, events
             if provider.bounds_its_time:
                 result = await provider.generate(request, call)
             else:
@@ -241,10 +278,57 @@ class Router:
         except TimeoutError:
             raise ProviderError(f"The upstream did not answer within {call.timeout_s:.3g} s.",
                                 code="timeout", timeout=True, retryable=True) from None
+        except StopAsyncIteration:
+            raise ProviderError("The upstream ended its stream before sending any event.", status=502,
+                                code="invalid_upstream_response", retryable=True) from None
         except OSError as exc:  # a plugin that let a transport error through
             raise ProviderError(f"Could not reach the upstream: {type(exc).__name__}.",
                                 code="connection_error", retryable=True) from None
-        return result, parse_upstream(result.body)
+        parsed = parse_upstream(result.body)
+        if not request.stream:
+            return result, parsed, None, None
+        # A streaming request on a target that cannot stream: its answer as completed events.
+        if request.partial_images:
+            call.note(NO_PARTIAL_IMAGES)
+        whole = completed_events(result, parsed, "image_generation")
+        if not whole:
+            raise ProviderError("The upstream answered with no image.", status=502,
+                                code="invalid_upstream_response", retryable=True)
+        return result, parsed, whole[0], iterate(whole[1:])
+
+    async def follow(self, routed: Routed) -> AsyncGenerator[StreamEvent, None]:
+        """The rest of a stream after its first event. Each event must come within the attempt
+        timeout (and the deadline); a failure updates the succeeded attempt (it failed after all,
+        and counts against the target's breaker) and is raised as the GatewayError the error
+        event carries; a client that leaves marks it cancelled and closes the upstream call."""
+        events, attempt = routed.events, routed.attempt
+        if events is None:
+            return
+        try:
+            while True:
+                wait_s = min(self.config.attempt_timeout_s, routed.deadline - self.clock())
+                try:
+                    async with asyncio.timeout(max(wait_s, 0.0)):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise ProviderError(f"The upstream sent no event within {max(wait_s, 0):.3g} s.",
+                                        code="timeout", timeout=True) from None
+                yield event
+        except ProviderError as exc:
+            self._scrub(exc, routed.target)
+            attempt.status = "timeout" if exc.timeout else "failed"
+            attempt.http_status, attempt.error_code, attempt.error_message = exc.status, exc.code, exc.message
+            self.breaker(routed.target).failed(self.clock())
+            raise UpstreamError(f"The stream failed after it started: {exc.message}",
+                                code=exc.code or "stream_failed", extra=_routing(routed.attempts)) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            attempt.status, attempt.error_code = "cancelled", "client_disconnected"
+            attempt.error_message = "The client went away mid-stream; the upstream call was cancelled."
+            raise
+        finally:
+            await _close(events)
 
     def _classify(self, exc: ProviderError) -> int:
         status = exc.status

@@ -13,7 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from gateway.api import UpstreamImagesResponse
-from gateway.provider import ProviderError
+from gateway.provider_error import ProviderError
 
 _decoder = msgspec.json.Decoder(UpstreamImagesResponse)
 _KEY = b'"b64_json"'

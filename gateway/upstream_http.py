@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Iterator, Mapping, NamedTuple
+from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 
-from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError
+from gateway.http_client import BodyStream, HTTPClient, ResponseTooLarge, UpstreamProtocolError
 from gateway.provider_error import ProviderError
+from gateway.sse import sse_events
 
 _NO_HEADERS: Mapping[str, str] = {}
 
@@ -65,3 +66,54 @@ class UpstreamHTTP:
         """POST an encoded JSON body (``headers`` should carry its Content-Type)."""
         with _mapped(upstream, timeout_s):
             return Answer(*await self._client.request("POST", url, body, headers, params, timeout_s))
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, url: str, *, upstream: str, timeout_s: float | None,
+                     headers: Mapping[str, str] = _NO_HEADERS, body: bytes = b"",
+                     params: Mapping[str, str] | None = None) -> AsyncIterator[StreamingAnswer]:
+        """Send one request and read its answer as it arrives (Server-Sent Events, say):
+        ``async with self.http.stream(...) as answer: async for name, data in answer.events()``.
+        ``timeout_s`` bounds the wait for the answer's headers; leaving the block before the end
+        of the body aborts the connection (the upstream call is cancelled)."""
+        with _mapped(upstream, timeout_s):
+            status, answer_headers, body_stream = await self._client.stream(method, url, body, headers, params,
+                                                                            timeout_s)
+        try:
+            yield StreamingAnswer(status, answer_headers, body_stream, upstream)
+        finally:
+            body_stream.close()
+
+
+class StreamingAnswer:
+    """An upstream's answer whose body is read as it arrives (``UpstreamHTTP.stream``)."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: BodyStream, upstream: str) -> None:
+        self.status = status
+        self.headers = headers
+        self._body = body
+        self._upstream = upstream
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive; a transport failure is a ProviderError."""
+        while True:
+            with _mapped(self._upstream, None):
+                chunk = await self._body.read()
+            if chunk is None:
+                return
+            yield chunk
+
+    async def read(self, limit_bytes: int = 1 << 20) -> bytes:
+        """The whole (error) body, up to ``limit_bytes``."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit_bytes:
+                break
+        return b"".join(parts)[:limit_bytes]
+
+    async def events(self) -> AsyncIterator[tuple[str, bytes]]:
+        """The body as Server-Sent Events: (event name, data) pairs (gateway/sse.py)."""
+        async for item in sse_events(self.chunks()):
+            yield item

@@ -182,14 +182,11 @@ def _supported(param: str, value: object, allowed: tuple[str, ...]) -> InvalidRe
 
 def unsupported_error(req: ImageRequest) -> InvalidRequest | None:
     """Fields the product page documents but the gateway does not serve (yet), whatever the model."""
-    if req.stream:
+    if req.partial_images and not req.stream:
+        # A non-stream answer could not say why no partial image came: refuse rather than ignore.
         return InvalidRequest(
-            "Streaming is not supported yet: OpenGateway serves non-stream image generation only. "
-            "Omit 'stream' or set it to false.", param="stream", code="unsupported_value")
-    if req.partial_images is not None:
-        return InvalidRequest(
-            "Unsupported parameter: 'partial_images' is a streaming-only parameter, and streaming "
-            "is not supported yet.", param="partial_images", code="unsupported_parameter")
+            "Invalid value for 'partial_images': partial images are sent only when streaming; set "
+            "'stream' to true, or leave 'partial_images' out.", param="partial_images", code="invalid_value")
     if req.style is not None:
         return InvalidRequest(
             "Unsupported parameter: 'style' is only supported for dall-e-3, which OpenGateway "

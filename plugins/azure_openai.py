@@ -14,13 +14,14 @@ translated to OpenAI's shape and retryability here.
 from __future__ import annotations
 
 import re
-from typing import Literal, Mapping, Sequence
+from typing import AsyncIterator, Literal, Mapping, Sequence
 from urllib.parse import quote
 
 import msgspec
 
 from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
-                              UpstreamHTTP, check_url, openai_image_models, pass_through, retry_after_s)
+                              StreamEvent, UpstreamHTTP, check_url, openai_image_models, openai_stream, pass_through,
+                              retry_after_s)
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
 
@@ -95,21 +96,38 @@ class AzureOpenAIProvider(Provider):
             return f"{self.base}/v1/images/generations"
         return f"{self.base}/deployments/{quote(deployment, safe='')}/images/generations"
 
-    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+    def _deployment(self, call: Call) -> str:
         deployment = self.settings.deployments.get(call.model)
         if deployment is None:
             raise ProviderError(f"This Azure OpenAI instance has no deployment for '{call.model}'.",
                                 status=404, type="invalid_request_error", code="model_not_found")
+        return deployment
+
+    async def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Azure streams as OpenAI does: ``stream`` and ``partial_images`` in the body, Server-Sent
+        Events back (the same endpoint and api-version)."""
+        deployment = self._deployment(call)
+        body = request.openai_body(deployment, call.extra_fields, stream=True)
+        async with self.http.stream("POST", self.url(deployment), upstream="Azure OpenAI", timeout_s=call.timeout_s,
+                                    headers=self.headers, body=body, params=self.params) as answer:
+            async for event in openai_stream(answer, self._error):
+                yield event
+
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
+        error = azure_error(status, body, headers)
+        if self._secret and self._secret in error.message:  # never echo our credential onwards
+            error.message = error.message.replace(self._secret, "[redacted]")
+        return error
+
+    async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
+        deployment = self._deployment(call)
         # The deployment form ignores the body's model; the v1 form needs the deployment there.
         body = request.openai_body(deployment, call.extra_fields)
         status, headers, raw = await self.http.post_json(self.url(deployment), body, self.headers,
                                                          upstream="Azure OpenAI", params=self.params,
                                                          timeout_s=call.timeout_s)
         if not 200 <= status < 300:
-            error = azure_error(status, raw, headers)
-            if self._secret and self._secret in error.message:  # never echo our credential onwards
-                error.message = error.message.replace(self._secret, "[redacted]")
-            raise error
+            raise self._error(status, raw, headers)
         request_id = headers.get("apim-request-id") or headers.get("x-request-id")
         return ImageResult(body=raw, upstream_request_id=request_id, headers=pass_through(headers))
 

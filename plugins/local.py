@@ -19,6 +19,7 @@ timeout (``ProviderError(timeout=True)``) once ``timeout_s`` has passed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import colorsys
 import functools
 import hashlib
@@ -28,12 +29,12 @@ import re
 import textwrap
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Sequence
 
 import msgspec
 
 from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
-                              openai_image_models)
+                              StreamEvent, openai_image_models, stream_event)
 from plugins.local_scene import read_scene
 
 if TYPE_CHECKING:
@@ -85,49 +86,101 @@ class LocalProvider(Provider):
         return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
 
     async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
-        # The gateway has checked every value against models()' capabilities already.
-        width, height = _parse_size(request.size)
-        fmt = request.output_format or "png"
-        quality = request.quality if request.quality not in (None, "auto") else "medium"
-        transparent = request.background == "transparent" and fmt != "jpeg"  # JPEG has no alpha channel
-        n = request.images
-        # OpenAI's output_compression defaults to 100 (best) and maps onto Pillow's quality as is.
-        compression = 100 if request.output_compression is None else request.output_compression
-        prompt = request.prompt
-        timeout_s = call.timeout_s
+        job = _Job.of(request)
+        await self._wait(job, call)
         try:
-            async with asyncio.timeout(timeout_s):
-                if self.settings.latency_s:
-                    await asyncio.sleep(self.settings.latency_s)
-                _raise_simulated_failure(prompt)
+            async with asyncio.timeout(call.timeout_s):
                 # One thread per image: Pillow releases the GIL while drawing and encoding.
-                renders = (
-                    asyncio.to_thread(_render, prompt, width, height, fmt, transparent, compression, index)
-                    for index in range(n)
-                )
+                renders = (asyncio.to_thread(_render, job.prompt, job.width, job.height, job.fmt, job.transparent,
+                                             job.compression, index) for index in range(job.n))
                 images = await asyncio.gather(*renders)
         except TimeoutError:
-            message = f"The local provider did not answer within {timeout_s:g} s."
-            raise ProviderError(message, status=None, timeout=True) from None
-
-        input_tokens = max(1, math.ceil(len(prompt) / 4))  # ~4 characters a token, OpenAI's rule of thumb
-        output_tokens = n * _image_tokens(quality, width, height)
+            raise _timeout(call) from None
         body = {
             "created": int(time.time()),
             "data": [{"b64_json": image} for image in images],  # msgspec writes bytes as base64, no copy
-            "background": "transparent" if transparent else "opaque",
-            "output_format": fmt,
-            "quality": quality,
-            "size": f"{width}x{height}",
-            "usage": {
-                "input_tokens": input_tokens,
+            **job.answer_fields(),
+            "usage": job.usage(images=job.n, with_input=True),
+        }
+        return ImageResult(body=msgspec.json.encode(body), upstream_request_id=f"local-{uuid.uuid4().hex}")
+
+    async def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        """Progressive renders: each image is drawn once, then sent coarse to sharp as its partial
+        images (plugins/local_paint.py ``partial``), then whole, with that image's usage (each
+        partial image costs 100 output tokens more, as OpenAI bills them)."""
+        from plugins.local_paint import partial
+
+        job = _Job.of(request)
+        await self._wait(job, call)
+        partials = request.partial_images or 0
+        created = int(time.time())
+        size, quality, background = f"{job.width}x{job.height}", job.quality, job.answer_fields()["background"]
+
+        def coarse(image: Image.Image, step: int) -> bytes:
+            return _encode(partial(image, step, partials), job.fmt, job.compression)
+
+        for index in range(job.n):
+            image = await asyncio.to_thread(_draw, job.prompt, job.width, job.height, job.transparent, index)
+            for step in range(partials):
+                data = base64.b64encode(await asyncio.to_thread(coarse, image, step))
+                yield stream_event("image_generation.partial_image", data, created_at=created, size=size,
+                                   quality=quality, background=background, output_format=job.fmt,
+                                   partial_image_index=step)
+            data = base64.b64encode(await asyncio.to_thread(_encode, image, job.fmt, job.compression))
+            yield stream_event("image_generation.completed", data, created_at=created, size=size, quality=quality,
+                               background=background, output_format=job.fmt,
+                               usage=job.usage(images=1, with_input=index == 0, partials=partials))
+
+    async def _wait(self, job: _Job, call: Call) -> None:
+        """The configured latency, then a simulated failure if the prompt asks for one."""
+        if self.settings.latency_s:
+            if self.settings.latency_s > call.timeout_s:
+                await asyncio.sleep(call.timeout_s)
+                raise _timeout(call)
+            await asyncio.sleep(self.settings.latency_s)
+        _raise_simulated_failure(job.prompt)
+
+
+class _Job(msgspec.Struct, frozen=True):
+    """What to draw for a request (the gateway has checked every value against the capabilities)."""
+
+    prompt: str
+    width: int
+    height: int
+    fmt: str
+    quality: str
+    transparent: bool
+    n: int
+    compression: int
+
+    @classmethod
+    def of(cls, request: ImageRequest) -> _Job:
+        width, height = _parse_size(request.size)
+        fmt = request.output_format or "png"
+        return cls(prompt=request.prompt, width=width, height=height, fmt=fmt,
+                   quality=request.quality if request.quality not in (None, "auto") else "medium",
+                   transparent=request.background == "transparent" and fmt != "jpeg",  # JPEG has no alpha
+                   n=request.images,
+                   # OpenAI's output_compression defaults to 100 (best) and maps onto Pillow's quality.
+                   compression=100 if request.output_compression is None else request.output_compression)
+
+    def answer_fields(self) -> dict[str, str]:
+        return {"background": "transparent" if self.transparent else "opaque", "output_format": self.fmt,
+                "quality": self.quality, "size": f"{self.width}x{self.height}"}
+
+    def usage(self, images: int, with_input: bool, partials: int = 0) -> dict[str, Any]:
+        input_tokens = max(1, math.ceil(len(self.prompt) / 4)) if with_input else 0  # ~4 characters a token
+        output_tokens = images * (_image_tokens(self.quality, self.width, self.height) + 100 * partials)
+        return {"input_tokens": input_tokens,
                 "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
                 "output_tokens": output_tokens,
                 "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
-                "total_tokens": input_tokens + output_tokens,
-            },
-        }
-        return ImageResult(body=msgspec.json.encode(body), upstream_request_id=f"local-{uuid.uuid4().hex}")
+                "total_tokens": input_tokens + output_tokens}
+
+
+def _timeout(call: Call) -> ProviderError:
+    return ProviderError(f"The local provider did not answer within {call.timeout_s:g} s.", status=None,
+                         timeout=True)
 
 
 def _image_tokens(quality: str, width: int, height: int) -> int:

@@ -7,12 +7,13 @@ ProviderError in OpenAI's error shape.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 import msgspec
 
-from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, UpstreamHTTP,
-                              check_url, error_from_openai, openai_image_models, pass_through)
+from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, StreamEvent,
+                              UpstreamHTTP, check_url, error_from_openai, openai_image_models, openai_stream,
+                              pass_through)
 
 
 class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -52,3 +53,10 @@ class OpenAIProvider(Provider):
         if not 200 <= status < 300:
             raise error_from_openai(status, raw, headers)
         return ImageResult(body=raw, upstream_request_id=headers.get("x-request-id"), headers=pass_through(headers))
+
+    async def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
+        body = request.openai_body(call.model.partition("/")[2], call.extra_fields, stream=True)
+        async with self.http.stream("POST", self.url, upstream="OpenAI", timeout_s=call.timeout_s,
+                                    headers=self.headers, body=body) as answer:
+            async for event in openai_stream(answer):
+                yield event

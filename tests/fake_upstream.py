@@ -126,6 +126,46 @@ def oversized(size_bytes: int, declare_length: bool = True) -> Behaviour:
     return reply
 
 
+def stream_events(body: dict[str, Any], b64: str = PNG_1X1) -> list[tuple[str, dict[str, Any]]]:
+    """The events OpenAI streams for a request: its partial images, then the completed image."""
+    common = {"created_at": int(time.time()), "size": body.get("size", "1024x1024"),
+              "quality": body.get("quality", "medium"), "background": body.get("background", "opaque"),
+              "output_format": body.get("output_format", "png")}
+    kind = "image_generation"
+    events = [(f"{kind}.partial_image", {"type": f"{kind}.partial_image", "b64_json": b64, "partial_image_index": i,
+                                         **common}) for i in range(body.get("partial_images") or 0)]
+    usage = images_body(body)["usage"]
+    events.append((f"{kind}.completed", {"type": f"{kind}.completed", "b64_json": b64, **common, "usage": usage}))
+    return events
+
+
+def streamed(b64: str = PNG_1X1, *, fail_after: int | None = None, error_event: dict[str, Any] | None = None,
+             hang_after: int | None = None, pause_s: float = 0.0) -> Behaviour:
+    """Server-Sent Events as OpenAI streams them (``stream: true``). After ``fail_after`` events the
+    connection is reset, or ``error_event`` is sent instead; after ``hang_after`` events it hangs.
+    Each event after the first waits ``pause_s``."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": "req_stream_1"})
+        await response.prepare(request)
+        for i, (name, event) in enumerate(stream_events(body, b64)):
+            if i == fail_after:
+                if error_event is not None:
+                    await response.write(b"event: error\ndata: " + msgspec.json.encode(error_event) + b"\n\n")
+                    await response.write_eof()
+                    return response
+                assert request.transport is not None
+                request.transport.abort()
+                raise asyncio.CancelledError
+            if i == hang_after:
+                await asyncio.sleep(3600)
+            if i and pause_s:
+                await asyncio.sleep(pause_s)
+            await response.write(f"event: {name}\ndata: ".encode() + msgspec.json.encode(event) + b"\n\n")
+        await response.write_eof()
+        return response
+    return reply
+
+
 def block(started: asyncio.Event, release: asyncio.Event) -> Behaviour:
     """Signal ``started`` once the request arrived, then answer only after ``release`` is set."""
     async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
@@ -166,7 +206,7 @@ class FakeUpstream:
         self.received.append(Received(request.path, dict(request.query), dict(request.headers), body))
         key = request.match_info.get("deployment") or body.get("model", "")
         queue = self.scripts.get(key)
-        behaviour = queue.pop(0) if queue else ok()
+        behaviour = queue.pop(0) if queue else streamed() if body.get("stream") else ok()
         self.in_progress += 1
         try:
             return await behaviour(request, body)

@@ -66,6 +66,31 @@ async def test_success_through_the_openai_sdk(gw: Any, sdk: openai.AsyncOpenAI, 
     assert msgspec.json.decode(attempts)["extra"]["routing"]["attempts"][0]["provider"] == flavour.plugin
 
 
+async def test_streaming_through_the_openai_sdk(gw: Any, sdk: openai.AsyncOpenAI, upstream: Any,
+                                                flavour: Flavour) -> None:
+    """Both plugins stream as their upstream does: ``stream`` and ``partial_images`` in the body,
+    Server-Sent Events back, relayed event by event (Azure accepts both top-level fields: LiteLLM
+    #16059 is Azure refusing them when nested in ``extra_body``)."""
+    model = "openai/gpt-image-1"
+    stream = await sdk.images.generate(model=model, prompt=PROMPT, stream=True, partial_images=1, quality="low")
+    events = [event async for event in stream]
+    assert [e.type for e in events] == ["image_generation.partial_image", "image_generation.completed"]
+    assert events[-1].model_extra["extra"]["routing"]["attempts"][0]["provider"] == flavour.plugin
+    [sent] = upstream.received
+    assert (sent.path, sent.query) == (flavour.path(model), flavour.query)
+    assert sent.body == {"model": flavour.upstream_model(model), "prompt": PROMPT, "quality": "low",
+                         "stream": True, "partial_images": 1}
+
+
+async def test_a_refused_stream_is_translated_before_the_first_event(gw: Any, sdk: openai.AsyncOpenAI,
+                                                                     upstream: Any, flavour: Flavour) -> None:
+    upstream.script(flavour.upstream_model("openai/gpt-image-1"), flavour.moderation())
+    with pytest.raises(openai.BadRequestError) as caught:
+        stream = await sdk.images.generate(model="openai/gpt-image-1", prompt=PROMPT, stream=True)
+        [event async for event in stream]
+    assert caught.value.code == "moderation_blocked"
+
+
 async def test_auth_header_sent_and_nothing_else(gw: Any, upstream: Any, flavour: Flavour) -> None:
     status, _, _ = await post(gw)
     assert status == 200

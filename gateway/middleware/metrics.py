@@ -46,6 +46,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
                                              method=request.method,
                                              client_ip=client_ip(request, runtime.config.server.trusted_proxies))
     record.started_at = time.time()
+    record.arrived_at = started
     metrics.IN_FLIGHT.inc()
     status = 500
     try:

@@ -1,0 +1,72 @@
+"""Server-Sent Events read from an upstream's body (the WHATWG event-stream format).
+
+An event is a block of ``field: value`` lines ended by a blank line; only ``event`` and ``data``
+matter here (several ``data`` lines join with a newline). Blocks are found with ``bytes.find`` over
+a growing buffer, resuming where the last search stopped, so a 2 MB event arriving in many
+chunks costs one scan, not one per chunk; the data is handed on as bytes, never decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+#: The end of an event block: a blank line, with LF or CRLF line endings.
+_BLOCK_END = re.compile(rb"\r?\n\r?\n")
+#: The most one event may hold (n images of a few MB of base64 each is well below).
+MAX_EVENT_BYTES = 64 << 20
+
+
+class EventTooLarge(ValueError):
+    pass
+
+
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
+    """(event name, data) for each event of the body; the name is "message" when none is given."""
+    buffer = bytearray()
+    searched = 0  # buffer[:searched] holds no block end
+    async for chunk in chunks:
+        buffer += chunk
+        while True:
+            match = _BLOCK_END.search(buffer, max(0, searched - 3))
+            if match is None:
+                searched = len(buffer)
+                if len(buffer) > MAX_EVENT_BYTES:
+                    raise EventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
+                break
+            event = _parse(buffer, match.start())
+            del buffer[:match.end()]
+            searched = 0
+            if event is not None:
+                yield event
+    if buffer.strip():
+        event = _parse(buffer, len(buffer))
+        if event is not None:
+            yield event
+
+
+def _parse(buffer: bytearray, end: int) -> tuple[str, bytes] | None:
+    """The event in ``buffer[:end]``; its data is copied out once (a line may be megabytes)."""
+    name = "message"
+    data: list[bytes] = []
+    with memoryview(buffer) as view:
+        start = 0
+        while start < end:
+            stop = buffer.find(b"\n", start, end)
+            if stop == -1:
+                stop = end
+            line_end = stop - 1 if stop > start and buffer[stop - 1] == 0x0D else stop  # CR LF
+            if line_end > start and buffer[start] != 0x3A:  # not a blank line, not a ":" comment
+                colon = buffer.find(b":", start, line_end)
+                field = bytes(view[start:colon if colon != -1 else line_end])
+                value = colon + 1 if colon != -1 else line_end
+                if value < line_end and buffer[value] == 0x20:
+                    value += 1
+                if field == b"data":
+                    data.append(bytes(view[value:line_end]))
+                elif field == b"event":
+                    name = bytes(view[value:line_end]).decode("utf-8", "replace")
+            start = stop + 1
+    if not data:
+        return None
+    return name, data[0] if len(data) == 1 else b"\n".join(data)
