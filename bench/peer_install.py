@@ -14,6 +14,7 @@ shown in the table is read from the installed package, not from the marker.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import subprocess
@@ -40,6 +41,19 @@ class Installed:
 
 
 def install(name: str, cache: Path, update: bool) -> Installed:
+    """The peer from the cache, or freshly installed there; one run at a time per cache."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f"{name}.lock", "w") as lock:
+            # Two benchmarks sharing a cache (a shared machine) would otherwise install over
+            # each other; the second waits and then finds the first one's install.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _install_locked(name, cache, update)
+    except OSError as exc:
+        raise HarnessError(f"{name}: cannot install into {cache}: {exc}") from None
+
+
+def _install_locked(name: str, cache: Path, update: bool) -> Installed:
     home = cache / name
     marker = home / MARKER
     if marker.exists() and not update and _complete(name, home):

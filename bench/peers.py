@@ -134,9 +134,9 @@ class PeerRunner:
             self.stop(p)
             raise HarnessError(f"{p.name} ({p.profile}) listens on {', '.join(exposed)}, not only "
                                f"on loopback: refusing to run it")
+        p.idle_rss = rss_tree(p.proc.pid)
         # Listening is not yet serving (Node binds before its loop turns): wait for any answer.
         self._wait_http(p, deadline)
-        p.idle_rss = rss_tree(p.proc.pid)
         log(f"{p.name} {p.profile}: pid {p.proc.pid}, listening on "
             f"{', '.join(sorted({f'{s.local}:{s.local_port}' for s in socks}))}, idle RSS "
             f"{p.idle_rss / 1e6:.0f} MB")
