@@ -2,6 +2,8 @@
 --
 -- Environment (read once per wrk Lua state):
 --   BENCH_KEY           bearer key sent in Authorization (default "og-bench-key")
+--   BENCH_HEADERS       extra request headers, one "Name: value" a line (the routing headers
+--                       a peer such as Portkey needs on every request)
 --   BENCH_MAX_REQUESTS  if > 0: each wrk thread stops after this many responses (count-bounded
 --                       runs, S5). This enables wrk's response() hook, which costs wrk some speed,
 --                       so it is off for the throughput scenarios.
@@ -20,6 +22,10 @@ wrk.body = '{"model":"openai/gpt-image-1","prompt":"A small red cube on a white 
         .. '"size":"1024x1024","quality":"medium"}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "og-bench-key")
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+   local name, value = string.match(line, "^%s*([^:]+):%s*(.-)%s*$")
+   if name then wrk.headers[name] = value end
+end
 
 local threads = {}
 local next_id = 0

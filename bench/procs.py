@@ -321,11 +321,36 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
-def post_images(port: int, timeout: float = 30.0) -> tuple[int, bytes]:
+def post_images(port: int, timeout: float = 30.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     body = json.dumps({"model": MODEL, "prompt": "A small red cube on a white background.",
                        "size": "1024x1024", "quality": "medium"}).encode()
     return http_request(port, "POST", API_PATH, body, {
-        "Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}, timeout)
+        "Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}", **(headers or {})},
+        timeout)
+
+
+def image_b64s(body: bytes) -> list[str]:
+    """The ``b64_json`` strings of an OpenAI images answer, in order (ValueError if none)."""
+    data = json.loads(body)["data"]
+    out = [item["b64_json"] for item in data]
+    if not out or not all(isinstance(b, str) and b for b in out):
+        raise ValueError("no b64_json images")
+    return out
+
+
+def check_images(name: str, port: int, reference: list[str], headers: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> None:
+    """One request through a proxy: 200, and the upstream's images come back unchanged."""
+    status, body = post_images(port, headers=headers)
+    if status != 200:
+        raise HarnessError(f"{name} answered {status} to the check request: {body[:500]!r}\n{tail(log_path)}")
+    try:
+        got = image_b64s(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HarnessError(f"{name}: not an images answer ({exc}): {body[:300]!r}") from None
+    if got != reference:
+        raise HarnessError(f"{name}: the images differ from the upstream's ({len(got)} image(s), "
+                           f"{[len(b) for b in got]} base64 chars; upstream {[len(b) for b in reference]})")
 
 
 def wait_until(what: str, check: Callable[[], bool], procs: Procs, p: subprocess.Popen[bytes],

@@ -1,5 +1,5 @@
-"""The benchmark's table: medians, ratios against nginx, the bare aiohttp proxy and direct,
-PASS/MISS, notes."""
+"""The benchmark's table: medians, ratios against nginx, the bare aiohttp proxy, direct and the
+peers (``--peers``), PASS/MISS, notes."""
 
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ def fmt_ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.2f}"
 
 
+def value_columns(b: Bench) -> list[str]:
+    """The measured systems, one column each: the fixed targets, then the peers asked for."""
+    return list(TARGETS) + list(b.peers)
+
+
+def ratio_columns(b: Bench) -> list[str]:
+    """What the gateway's figure is divided by, one column each (gw/nginx, ..., gw/portkey)."""
+    return ["nginx", "aiohttp", "direct"] + list(b.peers)
+
+
 def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], list[str]]:
     """Table rows, medians (for --json), notes and misses."""
     s, res = b.s, b.results
@@ -47,6 +57,14 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
     misses: list[str] = []
     rounds = res["rounds"]
     targets = b.targets
+    vcols, rcols = value_columns(b), ratio_columns(b)
+    peers = list(b.peers)
+
+    def row(label: str, metric: str, values: dict[str, str], ratios: dict[str, str] | None = None,
+            target: str = "", result: str = "", blank: str = "") -> list[str]:
+        ratios = ratios or {}
+        return [label, metric, *(values.get(t, blank) for t in vcols),
+                *(ratios.get(d, "") for d in rcols), target, result]
 
     def judge(ok: bool | None, what: str) -> str:
         if s.quick:
@@ -75,38 +93,39 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         if not rounds or sc not in rounds[0]:
             continue
         label = (f"S1 1 KB, {s.s1_conns} conns" if sc == "S1" else f"S3 2 MB, {s.s3_conns} conns")
-        rps = {t: col(sc, t, "rps") for t in TARGETS}
-        gn, gd = ratio(sc, "rps", "gateway", "nginx"), ratio(sc, "rps", "gateway", "direct")
-        ga, an = ratio(sc, "rps", "gateway", "aiohttp"), ratio(sc, "rps", "aiohttp", "nginx")
+        rps = {t: col(sc, t, "rps") for t in vcols}
+        over = {d: ratio(sc, "rps", "gateway", d) for d in rcols}
+        gn, gd, ga = over["nginx"], over["direct"], over["aiohttp"]
+        an = ratio(sc, "rps", "aiohttp", "nginx")
         nd = ratio(sc, "rps", "nginx", "direct")
         thr = 0.40 if sc == "S1" else 0.65
         gw_errs = errs(sc, "gateway") if "gateway" in targets else 0
         ok = None if gn is None else (gn >= thr and gw_errs == 0)
-        rows.append([label, "req/s", *(fmt_num(rps[t]) for t in TARGETS), fmt_num(gn, 2), fmt_num(ga, 2),
-                     fmt_num(gd, 2), f">= {thr:.2f} x nginx", judge(ok, f"{sc} req/s")])
+        rows.append(row(label, "req/s", {t: fmt_num(rps[t]) for t in vcols},
+                        {d: fmt_num(over[d], 2) for d in rcols}, f">= {thr:.2f} x nginx",
+                        judge(ok, f"{sc} req/s")))
         if sc == "S1":
             # The issue's reasoning behind 0.40 x nginx: a bare aiohttp proxy makes ~0.54 x nginx,
             # and the gateway should keep three quarters of it with every feature on.
-            rows.append([label, "req/s", "", "", "", "", "", fmt_num(ga, 2), "", ">= 0.75 x aiohttp",
-                         judge(None if ga is None else ga >= 0.75 and gw_errs == 0, "S1 req/s vs aiohttp")])
+            rows.append(row(label, "req/s", {}, {"aiohttp": fmt_num(ga, 2)}, ">= 0.75 x aiohttp",
+                            judge(None if ga is None else ga >= 0.75 and gw_errs == 0, "S1 req/s vs aiohttp")))
             if an is not None:
                 notes.append(f"S1: the bare aiohttp proxy makes {an:.2f} x nginx here (the issue's machine: "
                              f"about 0.54), so 0.40 x nginx asks for {0.40 / an:.2f} x the bare aiohttp floor")
         med[sc] = {"rps": rps, "gateway_over_nginx": gn, "gateway_over_direct": gd,
                    "gateway_over_aiohttp": ga, "aiohttp_over_nginx": an, "nginx_over_direct": nd}
+        for p in peers:
+            med[sc][f"gateway_over_{p}"] = over[p]
         if sc == "S1":
-            p50 = {t: col(sc, t, "p50_us") for t in TARGETS}
-            p99 = {t: col(sc, t, "p99_us") for t in TARGETS}
-            rows.append([label, "p50 / p99 ms"] + [
-                "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in TARGETS]
-                + ["", "", "", "", ""])
+            p50 = {t: col(sc, t, "p50_us") for t in vcols}
+            p99 = {t: col(sc, t, "p99_us") for t in vcols}
+            rows.append(row(label, "p50 / p99 ms", {
+                t: "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in vcols}))
             med[sc].update(p50_us=p50, p99_us=p99)
         else:
-            mb = {t: col(sc, t, "mbps") for t in TARGETS}
-            rows.append([label, "MB/s", *(fmt_num(mb[t]) for t in TARGETS),
-                         fmt_num(ratio(sc, "mbps", "gateway", "nginx"), 2),
-                         fmt_num(ratio(sc, "mbps", "gateway", "aiohttp"), 2),
-                         fmt_num(ratio(sc, "mbps", "gateway", "direct"), 2), "", ""])
+            mb = {t: col(sc, t, "mbps") for t in vcols}
+            rows.append(row(label, "MB/s", {t: fmt_num(mb[t]) for t in vcols},
+                            {d: fmt_num(ratio(sc, "mbps", "gateway", d), 2) for d in rcols}))
             med[sc]["mbps"] = mb
         for t in targets:
             if errs(sc, t):
@@ -114,30 +133,30 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
 
     if rounds and "S2" in rounds[0]:
         label = "S2 1 conn"
-        p50 = {t: col("S2", t, "p50_us") for t in TARGETS}
-        p99 = {t: col("S2", t, "p99_us") for t in TARGETS}
-        rows.append([label, "p50 / p99 ms"] + [
-            "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in TARGETS]
-            + ["", "", "", "", ""])
+        p50 = {t: col("S2", t, "p50_us") for t in vcols}
+        p99 = {t: col("S2", t, "p99_us") for t in vcols}
+        rows.append(row(label, "p50 / p99 ms", {
+            t: "-" if p50[t] is None else f"{fmt_ms(p50[t])} / {fmt_ms(p99[t])}" for t in vcols}))
 
         def added(t: str, key: str) -> float | None:
             if t not in targets or "direct" not in targets:
                 return None
             return median([r["S2"][t][key] - r["S2"]["direct"][key] for r in rounds if "S2" in r])
 
-        a50 = {t: added(t, "p50_us") for t in ("nginx", "aiohttp", "gateway")}
-        a99 = {t: added(t, "p99_us") for t in ("nginx", "aiohttp", "gateway")}
+        proxies = [t for t in vcols if t != "direct"]
+        a50 = {t: added(t, "p50_us") for t in proxies}
+        a99 = {t: added(t, "p99_us") for t in proxies}
 
         def fa(v: float | None) -> str:
             return "-" if v is None else f"{v / 1000:+.3f}"
 
-        rows.append([label, "added p50 ms", "-", fa(a50["nginx"]), fa(a50["aiohttp"]), fa(a50["gateway"]),
-                     "", "", "", "<= 0.35 ms", judge(None if a50["gateway"] is None else
-                                         a50["gateway"] <= 350 and errs("S2", "gateway") == 0,
-                                         "S2 added p50")])
-        rows.append([label, "added p99 ms", "-", fa(a99["nginx"]), fa(a99["aiohttp"]), fa(a99["gateway"]),
-                     "", "", "", "<= 1 ms", judge(None if a99["gateway"] is None else a99["gateway"] <= 1000,
-                                      "S2 added p99")])
+        rows.append(row(label, "added p50 ms", {"direct": "-", **{t: fa(a50[t]) for t in proxies}}, {},
+                        "<= 0.35 ms", judge(None if a50["gateway"] is None else
+                                            a50["gateway"] <= 350 and errs("S2", "gateway") == 0,
+                                            "S2 added p50")))
+        rows.append(row(label, "added p99 ms", {"direct": "-", **{t: fa(a99[t]) for t in proxies}}, {},
+                        "<= 1 ms", judge(None if a99["gateway"] is None else a99["gateway"] <= 1000,
+                                         "S2 added p99")))
         med["S2"] = {"p50_us": p50, "p99_us": p99, "added_p50_us": a50, "added_p99_us": a99}
         for t in targets:
             if errs("S2", t):
@@ -156,12 +175,12 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
                 return f"{s4[t]['errors']:,} ({s4[t]['completed']:,} ok)"
             return fmt_num(s4[t][key] / 1e6)
 
+        s4_cols = ["nginx", "gateway", *peers]
         gw = s4.get("gateway")
-        rows.append([label, "errors", "-", cell("nginx", "errors"), "-", cell("gateway", "errors"), "", "", "",
-                     "0", judge(None if gw is None else gw["errors"] == 0, "S4 errors")])
-        rows.append([label, "peak RSS MB", "-", cell("nginx", "peak_rss"), "-", cell("gateway", "peak_rss"),
-                     "", "", "", "<= 300 MB",
-                     judge(None if gw is None else gw["peak_rss"] <= 300e6, "S4 peak RSS")])
+        rows.append(row(label, "errors", {t: cell(t, "errors") for t in s4_cols}, {}, "0",
+                        judge(None if gw is None else gw["errors"] == 0, "S4 errors"), blank="-"))
+        rows.append(row(label, "peak RSS MB", {t: cell(t, "peak_rss") for t in s4_cols}, {}, "<= 300 MB",
+                        judge(None if gw is None else gw["peak_rss"] <= 300e6, "S4 peak RSS"), blank="-"))
         med["S4"] = {t: {k: v for k, v in d.items()} for t, d in s4.items()}
         if s.s4_cap_reason:
             notes.append(s.s4_cap_reason + f" (asked for {s.s4_conns_requested:,})")
@@ -174,12 +193,12 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
     if s5:
         label = f"S5 soak {s5['soak_requests']:,} x 2 MB"
         g = s5["growth"]
-        rows.append([label, "RSS warm -> end MB", "-", "-", "-",
-                     f"{s5['rss_after_warmup'] / 1e6:.0f} -> {s5['rss_end'] / 1e6:.0f} ({g * 100:+.1f} %)",
-                     "", "", "", "<= +10 %",
-                     judge(g is not None and g <= 0.10 and s5["errors"] == 0, "S5 RSS growth")])
-        rows.append(["S5 idle (fresh start)", "RSS MB", "-", "-", "-", f"{s5['idle_rss'] / 1e6:.1f}", "", "",
-                     "", "<= 60 MB", judge(s5["idle_rss"] <= 60e6, "S5 idle RSS")])
+        rows.append(row(label, "RSS warm -> end MB", {
+            "gateway": f"{s5['rss_after_warmup'] / 1e6:.0f} -> {s5['rss_end'] / 1e6:.0f} ({g * 100:+.1f} %)"},
+            {}, "<= +10 %", judge(g is not None and g <= 0.10 and s5["errors"] == 0, "S5 RSS growth"),
+            blank="-"))
+        rows.append(row("S5 idle (fresh start)", "RSS MB", {"gateway": f"{s5['idle_rss'] / 1e6:.1f}"}, {},
+                        "<= 60 MB", judge(s5["idle_rss"] <= 60e6, "S5 idle RSS"), blank="-"))
         med["S5"] = {k: v for k, v in s5.items() if k != "samples"}
         if s5["errors"]:
             notes.append(f"S5: {s5['errors']} errors (socket errors + non-2xx)")
@@ -189,14 +208,21 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         notes.append(f"S5: soak at {s5['soak_wrk']['rps']:,.0f} req/s; peak RSS "
                      f"{s5['peak_rss'] / 1e6:.0f} MB; idle after soak "
                      f"{s5['rss_idle_after_soak'] / 1e6:.0f} MB")
+    for name, info in (res.get("peers") or {}).items():
+        idle = ", ".join(f"{prof} {rss / 1e6:.0f} MB" for prof, rss in info["idle_rss"].items())
+        notes.append(f"{name}: idle RSS after start-up (before any request): {idle}")
+    if peers and s5:
+        notes.append(f"S5 runs on the gateway only: {s.s5_requests:,} x 2 MB at the peers' S3 rates "
+                     f"would add 10-20 minutes per peer")
+    med["peers"] = res.get("peers") or {}
     return rows, med, notes, misses
 
 
-def render(rows: list[list[str]]) -> str:
-    head = ["scenario", "metric", "direct", "nginx", "aiohttp", "gateway", "gw/nginx", "gw/aiohttp",
-            "gw/direct", "target", "result"]
+def render(rows: list[list[str]], b: Bench) -> str:
+    vcols, rcols = value_columns(b), ratio_columns(b)
+    head = ["scenario", "metric", *vcols, *(f"gw/{d}" for d in rcols), "target", "result"]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    right = {2, 3, 4, 5, 6, 7, 8}
+    right = set(range(2, 2 + len(vcols) + len(rcols)))
 
     def line(r: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -217,4 +243,13 @@ def header(b: Bench, nginx_v: str, wrk_v: str) -> str:
             f"machine: {os.cpu_count()} CPUs, {cpu_model()}; Linux {platform.release()}; "
             f"Python {platform.python_version()}; nginx {nginx_v}; wrk {wrk_v}; load average at "
             f"start {b.results.get('loadavg_start', (0,))[0]:.2f}; CPU used by other processes "
-            f"during S1-S3: {fmt_num(b.load.average('S1-S3'), 2)} cores")
+            f"during S1-S3: {fmt_num(b.load.average('S1-S3'), 2)} cores"
+            + "".join(f"\npeer: {_peer_line(name, info, s.workers)}"
+                      for name, info in (b.results.get("peers") or {}).items()))
+
+
+def _peer_line(name: str, info: dict[str, Any], workers: int) -> str:
+    how = (f"proxy (uvicorn, --num_workers {workers})" if name == "litellm"
+           else "gateway (@portkey-ai/gateway, one Node process)")
+    cached = "cached install" if info["reused"] else "installed by this run"
+    return f"{name} {info['version']} {how} on {info['runtime']}; {cached} in {info['home']}"

@@ -7,6 +7,7 @@ Run (from the repository root, with the project's Python environment)::
     python bench/run.py --quick          # CI smoke run: 1 round, short, reduced counts, no targets
     python bench/run.py --rounds 5 --workers 2 --json out.json
     python bench/run.py --only direct,nginx --scenarios S1,S3   # harness without the gateway
+    python bench/run.py --peers litellm,portkey --scenarios S1,S2,S3,S4   # with the peers
 
 What it starts, all on free ports of 127.0.0.1 and in a temporary directory (removed at the end
 unless ``--keep-tmp``), every process by its own pid, all of them stopped on exit, error or
@@ -68,12 +69,42 @@ a note flags any phase where it averaged 0.15 cores or more.
 ``--quick`` (for CI): 1 round, 2 s per measurement, S4 with 500 connections and a 1 s
 upstream, S5 with 600 requests; the targets are not judged. Finishes in well under a minute.
 
+The peers, only with ``--peers litellm,portkey`` (either or both; never in CI, and ``--quick``
+alone installs nothing): LiteLLM's proxy and Portkey's AI gateway, measured beside the gateway
+in the same S1-S3 rounds (same rotation) and in S4, against the same fake upstreams, one
+instance per upstream; columns ``litellm`` / ``portkey`` and ratios ``gw/litellm`` /
+``gw/portkey`` join the table, and the header says which version of each ran. S5 stays the
+gateway's: its 20,000 x 2 MB soak at the peers' S3 rates (15-30 req/s here) would add 10-20
+minutes per peer.
+
+* Installed from the registries on first use: ``pip install 'litellm[proxy]'`` in a fresh venv
+  made with this Python (the newest release that installs on it), ``npm install
+  @portkey-ai/gateway`` (the newest, run with the machine's node), into ``--peers-cache DIR``
+  (default ``~/.cache/opengateway-bench``; ``none`` = the run's temp dir). Later runs reuse
+  them; ``--peers-update`` reinstalls to take newer releases. The first install takes about a
+  minute (LiteLLM) and a few seconds (Portkey).
+* LiteLLM: ``litellm --config CONF --host 127.0.0.1 --port P --num_workers W`` (W =
+  ``--workers``), one model entry sending ``openai/gpt-image-1`` to the fake upstream, the bench
+  key as its ``master_key`` (so it checks the same bearer key the gateway does), telemetry off,
+  no callbacks, no database, its bundled price map (``LITELLM_LOCAL_MODEL_COST_MAP=True``).
+* Portkey: one Node process, ``--headless``; every request carries ``x-portkey-provider`` and
+  ``x-portkey-custom-host`` (wrk sends them through ``BENCH_HEADERS``); it checks no key.
+  Its entry point has no option for the listen address and listens on every interface, so
+  ``loopback.cjs`` is preloaded (``node --require``) to make every listen use 127.0.0.1.
+* Loopback only, checked: before any request, each peer's listening sockets are read from
+  /proc (``sockets.py``); one that listens on anything but loopback is stopped and the run
+  refused. When a peer stops, any connection it holds to a non-loopback address is noted.
+* Each peer's answer to one check request must carry the upstream's images byte for byte (the
+  gateway's too) before it is measured.
+
 Exit status: 0 when every measurement ran (whatever the PASS/MISS column says; ``--strict``
 makes a MISS exit 3), 1 when the harness failed (a process did not start, a proxy answered an
 error to the check request, wrk failed), 130 on Ctrl-C.
 
 Beside this file: ``procs.py`` (tools, child processes, ports, RSS), ``wrk.py`` (wrk runs and
-their results), ``report.py`` (the table), ``fake_upstream.py`` and ``post.lua``.
+their results), ``report.py`` (the table), ``fake_upstream.py`` and ``post.lua``; for the peers
+``peer_install.py`` (installs and the cache), ``peers.py`` (configs, start, checks),
+``sockets.py`` (a process tree's TCP sockets from /proc) and ``loopback.cjs``.
 """
 
 from __future__ import annotations
@@ -97,9 +128,11 @@ from pathlib import Path
 from typing import Any
 
 # The rest of the benchmark, beside this file (run as a script, bench/ is on sys.path).
+from peer_install import DEFAULT_CACHE, Installed, install
+from peers import PEERS, Peer, PeerRunner
 from procs import (BARE_PROXY, BENCH_KEY, FAKE_UPSTREAM, MODEL, REPO_DIR, SCENARIOS, T0, TARGETS, HarnessError, LoadWatcher,
-                   Procs, RssSampler, cpu_model, ensure_tools, free_ports, http_request, log, post_images,
-                   raise_nofile, rss_tree, tail, tool_version, tree_pids, wait_until)
+                   Procs, RssSampler, check_images, cpu_model, ensure_tools, free_ports, http_request, image_b64s,
+                   log, post_images, raise_nofile, rss_tree, tail, tool_version, tree_pids, wait_until)
 from report import header, render, summarize
 from wrk import Gateway, Upstream, Wrk
 
@@ -156,6 +189,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     ap.add_argument("--s5-requests", type=int, help="S5 soak requests (default 20000, quick 500)")
     ap.add_argument("--s5-warmup", type=int, help="S5 warm-up requests (default 2000, quick 100)")
     ap.add_argument("--s5-max-s", type=float, help="upper bound on the S5 soak time (default 900)")
+    ap.add_argument("--peers", default="",
+                    help="also measure these peers, comma-separated subset of litellm,portkey: "
+                         "installed from PyPI / npm on first use (see --peers-cache)")
+    ap.add_argument("--peers-cache", default=str(DEFAULT_CACHE), metavar="DIR",
+                    help=f"where the peers' installs are kept between runs (default {DEFAULT_CACHE}); "
+                         "'none': install under the run's temp dir, removed at the end")
+    ap.add_argument("--peers-update", action="store_true",
+                    help="reinstall the peers (to take their newest releases)")
     ap.add_argument("--strict", action="store_true", help="exit 3 when a target is MISSed")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--verbose", "-v", action="store_true", help="log every measurement")
@@ -165,6 +206,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     bad = [t for t in args.only if t not in TARGETS]
     if bad:
         ap.error(f"--only: unknown target(s) {bad}; choose from {TARGETS}")
+    args.peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    bad = [p for p in args.peers if p not in PEERS]
+    if bad:
+        ap.error(f"--peers: unknown peer(s) {bad}; choose from {PEERS}")
+    args.peers = [p for p in PEERS if p in args.peers]  # fixed column order
     args.scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     bad = [s for s in args.scenarios if s not in SCENARIOS]
     if bad:
@@ -263,7 +309,11 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="og-bench-"))
         os.chmod(self.tmp, 0o755)  # nginx workers may run as another user
         self.wrk = Wrk(wrk, self.procs, self.tmp, args.verbose)
-        self.targets = args.only
+        # The peers are measured like the other targets: same rounds, same rotation.
+        self.peers: list[str] = args.peers
+        self.targets = args.only + self.peers
+        self.installs: dict[str, Installed] = {}
+        self.peer_runner: PeerRunner | None = None
         self.scenarios = args.scenarios
         self.upstreams = {
             "small": Upstream("small", s.small_bytes, 0.0),
@@ -299,7 +349,7 @@ class Bench:
             need.add("small")
         if {"S3", "S5"} & set(self.scenarios):
             need.add("large")
-        if "S4" in self.scenarios and ({"nginx", "gateway"} & set(self.targets)):
+        if "S4" in self.scenarios and ({"nginx", "gateway", *self.peers} & set(self.targets)):
             need.add("slow")
         return need
 
@@ -324,6 +374,8 @@ class Bench:
                 status, body = post_images(u.port)
                 if status != 200:
                     raise HarnessError(f"fake upstream {name} answered {status}: {body[:200]!r}")
+                # What every proxy in front of it must hand back unchanged (its answer is fixed).
+                u.images = image_b64s(body)
 
     def start_nginx(self, names: set[str], nofile: int) -> None:
         prefix = self.tmp / "nginx"
@@ -391,15 +443,45 @@ class Bench:
                    lambda: http_request(g.port, "GET", "/healthz", timeout=2)[0] == 200,
                    self.procs, g.proc, 60)
         if check_post:
-            status, body = post_images(g.port)
-            if status != 200:
-                raise HarnessError(f"gateway {g.name} answered {status} to the check request: "
-                                   f"{body[:500]!r}\n{tail(self.tmp / f'gateway-{g.name}.log')}")
-            try:
-                data = json.loads(body)["data"]
-                assert len(data) == self.s.n and len(data[0]["b64_json"]) >= g.upstream.image_bytes
-            except Exception as exc:  # noqa: BLE001
-                raise HarnessError(f"gateway {g.name}: unexpected answer ({exc}): {body[:300]!r}") from None
+            assert g.upstream.images is not None
+            check_images(f"gateway {g.name}", g.port, g.upstream.images,
+                         log_path=self.tmp / f"gateway-{g.name}.log")
+
+    def install_peers(self) -> None:
+        """Each peer from its registry, or from the cache of an earlier run."""
+        cache_arg = self.args.peers_cache
+        cache = self.tmp / "peers" if cache_arg.lower() == "none" else Path(cache_arg).expanduser()
+        for name in self.peers:
+            self.installs[name] = install(name, cache, self.args.peers_update)
+        self.peer_runner = PeerRunner(self.installs, self.procs, self.tmp, self.s.workers, dict(os.environ))
+
+    def start_peers(self) -> None:
+        """One instance of each peer per upstream it is measured on (like the gateway)."""
+        assert self.peer_runner is not None
+        profiles = []
+        if {"S1", "S2"} & set(self.scenarios):
+            profiles.append("small")
+        if "S3" in self.scenarios:
+            profiles.append("large")
+        if "S4" in self.scenarios:
+            profiles.append("slow")
+        started = [self.peer_runner.start(name, prof, self.upstreams[prof])
+                   for name in self.peers for prof in profiles]
+        for p in started:  # all started first: their start-ups overlap
+            self.peer_runner.wait(p, p.upstream.images)
+        self.results["peers"] = {
+            name: {"version": inst.version, "runtime": inst.runtime, "home": str(inst.home),
+                   "reused": inst.reused,
+                   "idle_rss": {p.profile: p.idle_rss for p in started if p.name == name}}
+            for name, inst in self.installs.items()}
+
+    def stop_peer(self, p: Peer) -> None:
+        assert self.peer_runner is not None
+        outside = self.peer_runner.outside_connections(p)
+        if outside:
+            self.results.setdefault("notes", []).append(
+                f"{p.name} ({p.profile}) had connections open to {', '.join(outside)} (not loopback)")
+        self.peer_runner.stop(p)
 
     def stop_gateway(self, g: Gateway) -> None:
         if g.proc is not None:
@@ -415,7 +497,19 @@ class Bench:
             return self.nginx_ports[profile]
         if target == "aiohttp":
             return self.bare_ports[profile]
+        if target in PEERS:
+            return self.peer(target, profile).port
         return self.gateways[profile].port
+
+    def headers_of(self, target: str, profile: str) -> dict[str, str] | None:
+        """Headers beside the bearer key that every request to ``target`` needs (Portkey's routing)."""
+        if target not in PEERS:
+            return None
+        return self.peer(target, profile).headers or None
+
+    def peer(self, name: str, profile: str) -> Peer:
+        assert self.peer_runner is not None
+        return self.peer_runner.running[(name, profile)]
 
     def rounds(self) -> None:
         s = self.s
@@ -427,7 +521,8 @@ class Bench:
         for prof in sorted({profile[sc] for sc in plan}):
             for t in self.targets:
                 conns = s.s1_conns if prof == "small" else s.s3_conns
-                self.wrk.run(self.port_of(t, prof), conns, 2, s.warmup_s, label=f"warm-up {t} {prof}")
+                self.wrk.run(self.port_of(t, prof), conns, 2, s.warmup_s, label=f"warm-up {t} {prof}",
+                             headers=self.headers_of(t, prof))
         for r in range(s.rounds):
             k = r % len(self.targets)
             order = self.targets[k:] + self.targets[:k]
@@ -435,14 +530,16 @@ class Bench:
             for sc in plan:
                 rnd[sc] = {}
                 for t in order:
-                    port = self.port_of(t, profile[sc])
+                    port, hdrs = self.port_of(t, profile[sc]), self.headers_of(t, profile[sc])
                     if sc == "S1":
-                        res = self.wrk.run(port, s.s1_conns, 2, s.duration_s, label=f"S1 {t} r{r + 1}")
+                        res = self.wrk.run(port, s.s1_conns, 2, s.duration_s, label=f"S1 {t} r{r + 1}",
+                                           headers=hdrs)
                     elif sc == "S2":
-                        res = self.wrk.run(port, 1, 1, s.s2_duration_s, label=f"S2 {t} r{r + 1}")
+                        res = self.wrk.run(port, 1, 1, s.s2_duration_s, label=f"S2 {t} r{r + 1}",
+                                           headers=hdrs)
                     else:
                         res = self.wrk.run(port, s.s3_conns, 2, s.duration_s, timeout_s=10,
-                                           label=f"S3 {t} r{r + 1}")
+                                           label=f"S3 {t} r{r + 1}", headers=hdrs)
                     rnd[sc][t] = res.as_dict()
                 log(f"round {r + 1}/{s.rounds} {sc}: " + ", ".join(
                     f"{t} {rnd[sc][t]['rps']:,.0f} req/s p50 {rnd[sc][t]['p50_us'] / 1000:.2f} ms"
@@ -464,16 +561,20 @@ class Bench:
             log(s.s4_cap_reason)
         # Waves that surely complete within the run (the last one may straddle its end).
         expected = s.s4_conns * max(1, math.ceil(s.s4_duration_s / s.s4_delay_s) - 1)
-        for t in [x for x in ("nginx", "gateway") if x in self.targets]:
+        for t in [x for x in ("nginx", "gateway", *self.peers) if x in self.targets]:
             if t == "gateway":
                 g = self.gateways["slow"]
                 root = g.proc.pid if g.proc else 0
+            elif t in PEERS:
+                pp = self.peer(t, "slow")
+                root = pp.proc.pid if pp.proc else 0
             else:
                 root = self.nginx_proc.pid if self.nginx_proc else 0
             idle = rss_tree(root)
             with RssSampler(root) as sampler:
                 res = self.wrk.run(self.port_of(t, "slow"), s.s4_conns, 2, s.s4_duration_s,
-                                   timeout_s=max(30.0, 4 * s.s4_delay_s), label=f"S4 {t}")
+                                   timeout_s=max(30.0, 4 * s.s4_delay_s), label=f"S4 {t}",
+                                   headers=self.headers_of(t, "slow"))
             after = rss_tree(root)
             self.results["s4"][t] = {
                 "conns": s.s4_conns, "delay_s": s.s4_delay_s, "wrk": res.as_dict(),
@@ -485,6 +586,8 @@ class Bench:
                 f"peak RSS {sampler.peak / 1e6:.1f} MB")
             if t == "gateway":
                 self.stop_gateway(self.gateways["slow"])
+            elif t in PEERS:
+                self.stop_peer(self.peer(t, "slow"))
 
     def s5(self) -> None:
         s = self.s
@@ -535,6 +638,8 @@ class Bench:
         nofile = raise_nofile()
         self.results["nofile"] = nofile
         self.results["loadavg_start"] = os.getloadavg()
+        if self.peers:
+            self.install_peers()  # before anything starts: a failed install costs no measurement
         profiles = self._needed_profiles()
         log(f"temp dir {self.tmp}; starting fake upstreams {sorted(profiles)}")
         self.start_upstreams(profiles)
@@ -562,6 +667,8 @@ class Bench:
             for name, g in self.gateways.items():
                 assert g.proc is not None
                 log(f"gateway {name}: pid {g.proc.pid}, port {g.port}, tree {tree_pids(g.proc.pid)}")
+        if self.peers:
+            self.start_peers()
         if self.nginx_proc is not None:
             log(f"nginx: pid {self.nginx_proc.pid}, ports {self.nginx_ports}")
         self.phase("S1-S3")
@@ -570,7 +677,10 @@ class Bench:
         for name in ("small", "large"):
             if name in self.gateways:
                 self.stop_gateway(self.gateways[name])
-        if "S4" in self.scenarios and ({"nginx", "gateway"} & set(self.targets)):
+            for peer in self.peers:
+                if self.peer_runner and (peer, name) in self.peer_runner.running:
+                    self.stop_peer(self.peer(peer, name))
+        if "S4" in self.scenarios and ({"nginx", "gateway", *self.peers} & set(self.targets)):
             self.phase("S4")
             self.s4(nofile)
         if "S5" in self.scenarios and "gateway" in self.targets:
@@ -638,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     if status:
         return status
     rows, med, notes, misses = summarize(b)
-    out = [header(b, nginx_v, wrk_v), "", render(rows)]
+    out = [header(b, nginx_v, wrk_v), "", render(rows, b)]
     if notes:
         out += [""] + [f"note: {n}" for n in notes]
     print("\n".join(out), flush=True)

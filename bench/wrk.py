@@ -55,7 +55,8 @@ class Wrk:
         self.requests_by_port: dict[int, int] = {}
 
     def run(self, port: int, conns: int, threads: int, duration_s: float, timeout_s: float = 5.0,
-            stop_after: int | None = None, label: str = "") -> WrkResult:
+            stop_after: int | None = None, label: str = "",
+            headers: dict[str, str] | None = None) -> WrkResult:
         """One wrk run at http://127.0.0.1:port/v1/images/generations.
 
         With ``stop_after`` the run ends after that many responses (each thread stops at its
@@ -65,6 +66,8 @@ class Wrk:
         threads = max(1, min(threads, conns))
         out_path = self.tmp / f"wrk-{self.count}.out"
         env = dict(os.environ, BENCH_KEY=BENCH_KEY)
+        if headers:
+            env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
         stop_base = None
         per_thread = 0
         if stop_after:
@@ -114,6 +117,7 @@ class Upstream:
     delay_s: float
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    images: list[str] | None = None  # the b64_json strings it answers with, once seen
 
 
 @dataclass
