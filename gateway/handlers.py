@@ -29,7 +29,8 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     record.usage = routed.parsed.usage
     record.images = len(routed.parsed.data)
     served = runtime.registry.models.get(target.model, plan.route)
-    record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id)
+    record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id,
+                                            record.images, routed.result.output_megapixels)
     headers = dict(routed.result.headers)  # what the plugin chose to pass on (provider.pass_through)
     if routed.result.upstream_request_id:
         headers["x-upstream-request-id"] = routed.result.upstream_request_id

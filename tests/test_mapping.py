@@ -16,8 +16,9 @@ from PIL import Image
 
 from gateway.api import InputTokensDetails, OutputTokensDetails, Usage
 from gateway.config import ConfigError, parse_config
+from gateway.cost import model_cost
 from gateway.http_client import HTTPClient
-from gateway.provider import (K_CLASSES, Batch, Call, FilePart, GeneratedImage, GridRule, ProviderError,
+from gateway.provider import (K_CLASSES, Batch, Call, FilePart, GeneratedImage, GridRule, Price, ProviderError,
                               UpstreamHTTP, allowed_url, convert_images, fan_out, image_format, images_result,
                               merged_usage, multipart_body, nearest_aspect, snap_dimensions)
 from gateway.mapping import split_counts
@@ -328,6 +329,41 @@ def test_merged_usage_is_unknown_when_any_call_reported_none() -> None:
     known = Usage(input_tokens=1, output_tokens=2, total_tokens=3)
     assert merged_usage([batch(1, known), batch(1, None)]) is None
     assert merged_usage([batch(1, known)]) == known
+
+
+# -- output-based prices -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("price", "images", "megapixels", "expected", "details"), [
+    (Price(per_image=0.04), 3, None, 0.12, {"images": 0.12}),
+    (Price(per_megapixel=0.025), 2, 2.097152, 0.0524288, {"megapixels": 0.0524288}),
+    (Price(per_image=0.01, per_megapixel=0.02), 1, 1.5, 0.04, {"images": 0.01, "megapixels": 0.03}),
+    (Price(per_megapixel=0.025), 1, None, None, None),
+    # A per-image price ignores the tokens a provider reports anyway.
+    (Price(per_image=0.05, text_input=1.0), 1, None, 0.05, {"images": 0.05}),
+])
+def test_output_prices(price: Price, images: int, megapixels: float | None, expected: float | None,
+                       details: dict[str, float] | None) -> None:
+    usage = Usage(input_tokens=10, output_tokens=0, total_tokens=10)
+    tokens, cost = model_cost(usage, price, "plugin", "acme/m", images, megapixels)
+    assert tokens is not None and tokens.text_input == 10
+    assert (cost.cost_usd, cost.cost_usd_details) == (expected, details)
+    if expected is None:
+        assert cost.reason == "the model 'acme/m' is priced per megapixel but the size of its images is unknown"
+
+
+async def test_per_image_price_from_config_through_the_app(make_client: Callable[..., Any]) -> None:
+    client = await make_client("""
+models:
+  openai/gpt-image-1:
+    targets: [openai-main]
+    price: {per_image: 0.25}
+""")
+    resp = await client.post("/v1/images/generations", headers=AUTH,
+                             json={"model": "openai/gpt-image-1", "prompt": "x", "n": 3})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["extra"]["usage"] == {"cost_usd": 0.75, "cost_usd_details": {"images": 0.75},
+                                      "price_source": "config"}
 
 
 # -- drop_unsupported --------------------------------------------------------------------------
