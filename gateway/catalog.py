@@ -63,7 +63,11 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """USD per 1M tokens. A missing rate means unknown, never free."""
+    """How a model is billed. Token rates are USD per 1M tokens, read from the answer's ``usage``.
+    ``per_image`` (USD per image made) and ``per_megapixel`` (USD per megapixel of the images
+    made) are for providers that bill their output instead; when either is set the answer is
+    priced from its images and the token rates are not used (gateway/cost.py). A missing rate
+    means unknown, never free."""
 
     text_input: float | None = None
     cached_text_input: float | None = None
@@ -71,13 +75,17 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cached_image_input: float | None = None
     text_output: float | None = None
     image_output: float | None = None
+    per_image: float | None = None
+    per_megapixel: float | None = None
 
 
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One ``owner/model`` id a provider can serve."""
+    """One ``owner/model`` id a provider can serve; ``price`` is the provider's published price,
+    used unless the operator's config or the bundled table has one for the id."""
 
     id: str
     capabilities: Capabilities = Capabilities()
+    price: Price | None = None
 
 
 class CatalogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

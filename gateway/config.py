@@ -112,6 +112,11 @@ class TargetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     weight: Annotated[float, Meta(gt=0)] | None = None
 
 
+#: The request fields an operator may let a model drop (``models.<id>.drop_unsupported``): the
+#: ones whose allowed values depend on the model. ``n`` is never dropped.
+DroppableField = Literal["size", "quality", "background", "output_format", "output_compression", "moderation"]
+
+
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A model id's deployments, in priority order (or weighted), and its defaults."""
 
@@ -121,8 +126,11 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     capabilities: Capabilities | None = None
     #: Request fields beyond the contract to accept and forward, added to the capabilities'.
     extra_fields: list[str] = []
-    #: Overrides the bundled price table (USD per 1M tokens).
+    #: Overrides the bundled price table (USD per 1M tokens, or per image / megapixel).
     price: Price | None = None
+    #: Request fields a target of this model may drop when it cannot honour them, instead of the
+    #: request being refused (or the target skipped); each drop is noted in the attempt.
+    drop_unsupported: list[DroppableField] = []
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

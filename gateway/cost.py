@@ -1,7 +1,10 @@
 """Usage and cost: an upstream's ``usage`` split into token kinds, priced per model.
 
-Rates are USD per 1M tokens (gateway/data/models.yaml, overridden per model in config). A model
-with no price, or a token kind with no rate, is reported as unknown with a reason, never as 0.
+Token rates are USD per 1M tokens (gateway/data/models.yaml, a plugin's declared price, or the
+model's price in config). A model priced by what it makes (``per_image``, ``per_megapixel``:
+providers that report no tokens) is priced from the answer's image count and the megapixels the
+plugin measured (``ImageResult.output_megapixels``) instead. A model with no price, or an answer
+lacking what its price needs, is reported as unknown with a reason, never as 0.
 
 How ``usage`` is read: without ``input_tokens_details`` every input token is text; without
 ``output_tokens_details`` every output token is image (GPT Image answers images). ``cached_tokens``
@@ -81,13 +84,31 @@ def price_cost(tokens: Tokens, price: Price | None, price_source: str | None, mo
     return Cost(round(sum(parts.values()), 10), parts, price_source)
 
 
+def output_cost(images: int, megapixels: float | None, price: Price, price_source: str | None, model: str) -> Cost:
+    """The cost of ``images`` images of ``megapixels`` in all, at ``price``'s output rates."""
+    parts: dict[str, float] = {}
+    if price.per_image is not None:
+        parts["images"] = round(images * price.per_image, 10)
+    if price.per_megapixel is not None:
+        if megapixels is None:
+            return Cost(None, None, price_source, f"the model '{model}' is priced per megapixel but the size of "
+                                                   "its images is unknown")
+        parts["megapixels"] = round(megapixels * price.per_megapixel, 10)
+    return Cost(round(sum(parts.values()), 10), parts, price_source)
+
+
 def unknown_usage() -> Cost:
     return Cost(None, None, None, "the upstream reported no usage")
 
 
-def model_cost(usage: Usage | None, price: Price | None, source: str | None, model: str) -> tuple[Tokens | None, Cost]:
-    """The tokens and cost of one answer of ``model``; ``source`` says where its price came from
-    (``config`` or ``bundled``; ModelRoute.price_source)."""
-    if usage is None:
+def model_cost(usage: Usage | None, price: Price | None, source: str | None, model: str, images: int = 0,
+               megapixels: float | None = None) -> tuple[Tokens | None, Cost]:
+    """The tokens and cost of one answer of ``model`` that made ``images`` images of
+    ``megapixels`` in all; ``source`` says where its price came from (``config``, ``bundled``
+    or ``plugin``; ModelRoute.price_source)."""
+    tokens = None if usage is None else tokens_of(usage)
+    if price is not None and (price.per_image is not None or price.per_megapixel is not None):
+        return tokens, output_cost(images, megapixels, price, source, model)
+    if tokens is None:
         return None, unknown_usage()
-    return (tokens := tokens_of(usage)), price_cost(tokens, price, source, model)
+    return tokens, price_cost(tokens, price, source, model)

@@ -47,7 +47,8 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     assert routed.result is not None and routed.parsed is not None
     record.usage = routed.parsed.usage
     record.images = len(routed.parsed.data)
-    record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id)
+    record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id,
+                                            record.images, routed.result.output_megapixels)
     extra_out = {"routing": {"attempts": routed.attempts}, "usage": record.cost}  # Structs encode as they are
     response = await images_response(request, routed.result.body, routed.parsed, extra_out, headers)
     record.response_bytes = response.content_length or 0
@@ -72,7 +73,8 @@ async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: Req
                 usage = streaming.add_usage(usage, head.usage)
                 record.images += 1
                 record.usage = usage
-                record.tokens, record.cost = model_cost(usage, served.price, served.price_source, served.id)
+                record.tokens, record.cost = model_cost(usage, served.price, served.price_source, served.id,
+                                                        record.images)
                 extra = {"routing": {"attempts": routed.attempts}, "usage": record.cost}
                 written += await streaming.write_event(response, event.type, event.data, extra)
             else:

@@ -11,7 +11,7 @@ candidates; plugins never validate again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import msgspec
 
@@ -50,38 +50,71 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
     route = registry.resolve(request.model)
     if not may_use(key, route.id):
         raise forbidden(route.id, key)
-    problem = capability_error(request, route.capabilities) or unknown_field_error(unknown, route.capabilities)
+    fitted = _fit(request, route.capabilities, _droppable(runtime, route.id), route.id)
+    problem = fitted.problem or unknown_field_error(unknown, route.capabilities)
     if problem is not None:
         raise problem
     fallbacks = _fallbacks(registry, route, _requested_fallbacks(request), key, runtime.config.router.max_fallbacks)
     deadline_s = runtime.config.router.deadline_s
     if request.extra is not None and request.extra.deadline_s is not None:
         deadline_s = min(deadline_s, request.extra.deadline_s)
-    candidates = list(_candidates(route, request, unknown, runtime, None))
+    candidates = list(_candidates(route, fitted, unknown, runtime))
     for fallback in fallbacks:
         # A fallback model that cannot take this request is reported as skipped, not refused.
-        problem = capability_error(request, fallback.capabilities) or unknown_field_error(unknown, fallback.capabilities)
-        candidates.extend(_candidates(fallback, request, unknown, runtime, problem))
+        fitted = _fit(request, fallback.capabilities, _droppable(runtime, fallback.id), fallback.id)
+        if fitted.problem is None:
+            fitted = fitted._replace(problem=unknown_field_error(unknown, fallback.capabilities))
+        candidates.extend(_candidates(fallback, fitted, unknown, runtime))
     return Plan(request, route, tuple(candidates), deadline_s)
 
 
-def _candidates(route: ModelRoute, request: ImageRequest, unknown: dict[str, Any], runtime: Runtime,
-                problem: InvalidRequest | None) -> Iterator[Candidate]:
+class _Fitted(NamedTuple):
+    """A request as one model (or deployment) can take it: fields dropped as the operator allows,
+    with a note each, or the problem that remains."""
+
+    request: ImageRequest
+    notes: tuple[str, ...]
+    problem: InvalidRequest | None
+
+
+def _droppable(runtime: Runtime, model_id: str) -> frozenset[str]:
+    model = runtime.config.models.get(model_id)
+    return frozenset(model.drop_unsupported) if model is not None else frozenset()
+
+
+def _fit(request: ImageRequest, caps: Capabilities, droppable: frozenset[str], model_id: str,
+         notes: tuple[str, ...] = ()) -> _Fitted:
+    """``request`` checked against ``caps``; a field it cannot take is dropped (and noted) when
+    ``droppable`` names it, and the rest checked again."""
+    problem = capability_error(request, caps)
+    while problem is not None and problem.param in droppable and getattr(request, problem.param) is not None:
+        value = getattr(request, problem.param)
+        notes += (f"{problem.param}={value} dropped: {model_id} cannot honour it here "
+                  f"(models.{model_id}.drop_unsupported allows this)",)
+        request = msgspec.structs.replace(request, **{problem.param: None})
+        problem = capability_error(request, caps)
+    return _Fitted(request, notes, problem)
+
+
+def _candidates(route: ModelRoute, fitted: _Fitted, unknown: dict[str, Any], runtime: Runtime) -> Iterator[Candidate]:
+    droppable = None
     for target in runtime.router.order(route.targets, route.weighted):
-        if problem is not None:
-            yield Candidate(target, unsupported=problem.message)
-            continue
-        own = None
+        own = fitted
         caps = route.capabilities
-        if target.capabilities is not None:  # the deployment accepts less than its model
+        if own.problem is None and target.capabilities is not None:  # a deployment that differs from its model
             caps = target.capabilities
-            own = _unsupported_by(request, unknown, caps)
-        yield Candidate(target, unknown, own.message if own is not None else None,
-                        streams=bool(request.stream) and caps.streaming)
-
-
-def _unsupported_by(request: ImageRequest, unknown: dict[str, Any], caps: Capabilities) -> InvalidRequest | None:
-    return capability_error(request, caps) or unknown_field_error(unknown, caps)
+            droppable = _droppable(runtime, route.id) if droppable is None else droppable
+            own = _fit(fitted.request, caps, droppable, route.id, fitted.notes)
+            if own.problem is None:
+                own = own._replace(problem=unknown_field_error(unknown, caps))
+        if own.problem is not None:
+            yield Candidate(target, unsupported=own.problem.message)
+            continue
+        streams = bool(own.request.stream) and caps.streaming
+        if own.notes:
+            yield Candidate(target, unknown, request=own.request, notes=own.notes, streams=streams)
+        else:  # the usual case: the deployment takes the client's request as it is
+            yield Candidate(target, unknown, streams=streams)
 
 
 def _requested_fallbacks(request: ImageRequest) -> list[str] | None:

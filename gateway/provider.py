@@ -11,6 +11,13 @@ translates one request into one upstream call: it never validates the request ag
 checked it against the capabilities ``models()`` declares), never retries, never falls back and
 never touches metrics (the router and the middleware do).
 
+A plugin for an API that is not OpenAI's maps the request with the shared pieces of
+gateway/mapping/, exported here: ``size`` to an aspect ratio and size class or to width/height
+(``nearest_aspect``, ``snap_dimensions``), ``n`` split into concurrent calls (``fan_out``),
+``output_format`` converted (``convert_images``), URLs it is handed checked against the
+provider's domains (``allowed_url``), form bodies (``multipart_body``), and the images turned
+into OpenAI's response body (``images_result``). Every adjustment goes to ``call.note()``.
+
 Version 2 of the contract (this one) replaced version 1's ``generate(request, timeout_s)``, the
 aiohttp session handed to ``__init__``, and the module-level ``post_json`` / ``read_body``.
 """
@@ -23,8 +30,12 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Mapping, Sequence
 import msgspec
 
 from gateway.api import ImageRequest
-from gateway.catalog import Capabilities, Model, SizeRule, openai_image_models
+from gateway.catalog import Capabilities, Model, Price, SizeRule, openai_image_models
 from gateway.http_client import check_url
+from gateway.mapping import (K_CLASSES, AspectChoice, Batch, Dimensions, FilePart, GeneratedImage, GridRule,
+                             allowed_url, convert_images, fan_out, host_allowed, image_format, image_size,
+                             images_result, merged_usage, multipart_body, nearest_aspect, parse_size,
+                             snap_dimensions)
 from gateway.provider_error import ProviderError
 from gateway.upstream import skeleton
 from gateway.upstream_http import Answer, StreamingAnswer, UpstreamHTTP
@@ -53,6 +64,27 @@ __all__ = [
     "pass_through",
     "retry_after_s",
     "stream_event",
+    # Mapping OpenAI's request onto other APIs (gateway/mapping/).
+    "AspectChoice",
+    "Batch",
+    "Dimensions",
+    "FilePart",
+    "GeneratedImage",
+    "GridRule",
+    "K_CLASSES",
+    "Price",
+    "allowed_url",
+    "convert_images",
+    "fan_out",
+    "host_allowed",
+    "image_format",
+    "image_size",
+    "images_result",
+    "merged_usage",
+    "multipart_body",
+    "nearest_aspect",
+    "parse_size",
+    "snap_dimensions",
 ]
 
 #: Bumped when the contract changes incompatibly; the gateway skips plugins built for another.
@@ -91,12 +123,14 @@ class ImageResult(msgspec.Struct, kw_only=True):
     ``body`` is the upstream JSON, unchanged, in OpenAI's images response shape: the gateway
     validates it, reads ``usage`` from it and splices its own ``extra`` in without re-encoding
     the base64 payload. ``headers`` are upstream headers worth passing to the client
-    (``x-ratelimit-*``, ``openai-processing-ms``).
+    (``x-ratelimit-*``, ``openai-processing-ms``). ``output_megapixels`` is the area of all the
+    images made, for models priced per megapixel (``images_result`` measures it); None if unknown.
     """
 
     body: bytes
     upstream_request_id: str | None = None
     headers: dict[str, str] = {}
+    output_megapixels: float | None = None
 
 
 class StreamEvent(msgspec.Struct, frozen=True):

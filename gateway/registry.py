@@ -42,7 +42,8 @@ class ModelRoute(msgspec.Struct, frozen=True):
     targets: tuple[Target, ...]
     fallbacks: tuple[str, ...] = ()
     price: Price | None = None
-    #: Where ``price`` came from: ``config`` (the operator's), ``bundled`` (models.yaml), or None.
+    #: Where ``price`` came from: ``config`` (the operator's), ``bundled`` (models.yaml), ``plugin``
+    #: (the price the provider plugin declares in ``models()``), or None.
     price_source: str | None = None
     #: Two or more targets carry weights: their order is drawn per request (gateway/router.py).
     weighted: bool = False
@@ -81,7 +82,9 @@ class Registry:
             regions[inst.id] = (inst.plugin, inst.region)
         if problems:
             raise ConfigError(problems)
-        declared = {iid: {m.id: m.capabilities for m in p.models()} for iid, p in providers.items()}
+        declared_models = {iid: list(p.models()) for iid, p in providers.items()}
+        declared = {iid: {m.id: m.capabilities for m in models} for iid, models in declared_models.items()}
+        declared_prices = {iid: {m.id: m.price for m in models} for iid, models in declared_models.items()}
         table = config.models or _default_table(declared)
         catalog = openai_image_models()
         models: dict[str, ModelRoute] = {}
@@ -108,8 +111,12 @@ class Registry:
                 targets.append(Target(f"{iid}:{model_id}", iid, plugin_name, region, model_id, providers[iid],
                                       weight, own_caps))
             caps = _with_extra_fields(caps, mc.extra_fields)
-            price = mc.price or (catalog[model_id].price if model_id in catalog else None)
-            source = None if price is None else "config" if mc.price is not None else "bundled"
+            bundled = catalog[model_id].price if model_id in catalog else None
+            # The operator's price, the bundled one, or the one the first target's plugin declares.
+            declared_price = next((p for iid, _, _ in own if (p := declared_prices[iid].get(model_id))), None)
+            price = mc.price or bundled or declared_price
+            source = None if price is None else "config" if mc.price is not None else \
+                "bundled" if bundled is not None else "plugin"
             weighted = sum(t.weight is not None for t in targets) > 1
             models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source, weighted)
         if problems:

@@ -44,11 +44,15 @@ _TERMINAL = 3   # the client's request is at fault: answer with this error
 
 class Candidate(msgspec.Struct, frozen=True):
     """One target to try, as the request plan (gateway/plan.py) decided it: the extra fields its
-    model accepts, or why it cannot take the request (reported as a skipped attempt)."""
+    model accepts, or why it cannot take the request (reported as a skipped attempt). ``request``
+    replaces the client's request for this target when the plan dropped fields the operator lets
+    it drop (``models.<id>.drop_unsupported``); ``notes`` say which, in the attempt."""
 
     target: Target
     extra_fields: dict[str, Any] = {}
     unsupported: str | None = None
+    request: ImageRequest | None = None
+    notes: tuple[str, ...] = ()
     #: The request streams and this target can stream partial images (``Provider.stream``).
     streams: bool = False
 
@@ -208,8 +212,10 @@ class Router:
         probe = breaker.state is HALF_OPEN
         started = clock()
         call = Call(target.model, min(self.config.attempt_timeout_s, remaining_s), candidate.extra_fields)
+        if candidate.notes:
+            call.notes = list(candidate.notes)
         try:
-            answer = await self._call(target, request, call, candidate.streams)
+            answer = await self._call(target, candidate.request or request, call, candidate.streams)
         except ProviderError as exc:
             now = clock()
             self._scrub(exc, target)

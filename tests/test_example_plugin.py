@@ -1,5 +1,6 @@
 """The template plugin, proven as a third party would use it: its own distribution, installed
-from its folder into a clean virtualenv next to the gateway, served, then uninstalled.
+from its folder into a clean virtualenv next to the gateway, its own tests run there (the
+gateway's contract suite, gateway.testing), served, then uninstalled.
 
 The gateway and the example are copied to a temporary directory first, so building them leaves
 nothing in the work tree. Dependencies come from the pip cache or the package index.
@@ -67,7 +68,10 @@ async def test_example_plugin_from_its_own_folder_in_a_clean_venv(tmp_path: Path
     assert str(ROOT) not in where and str(venv) in where, where
     assert "example" not in await plugins(venv)
 
-    await run(*pip, example)
+    await run(*pip, f"{example}[test]")
+    # The example's own tests: the gateway's contract suite (gateway.testing) as a third party runs it.
+    report = await run(venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", example / "tests")
+    assert " passed" in report and "failed" not in report, report
     listed = await plugins(venv)
     assert {"openai", "azure_openai", "local", "example"} <= set(listed)
     row = listed["example"]
