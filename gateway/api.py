@@ -30,8 +30,16 @@ class RequestExtra(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     deadline_s: Annotated[float, Meta(gt=0, le=3600)] | None = None
 
 
+class ImageRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """An input image of a JSON edit: a URL (the gateway takes ``data:`` URLs) or an OpenAI file id."""
+
+    image_url: str | None = None
+    file_id: str | None = None
+
+
 class ImageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
-    """``POST /v1/images/generations`` as the product page documents it."""
+    """``POST /v1/images/generations`` as the product page documents it, and ``/v1/images/edits``
+    (whose input images are held apart: gateway/uploads.py)."""
 
     model: ModelId
     prompt: Annotated[str, Meta(min_length=1, max_length=32000)]
@@ -48,13 +56,18 @@ class ImageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     partial_images: Annotated[int, Meta(ge=0, le=3)] | None = None
     response_format: str | None = None
     style: str | None = None
+    #: Edits only: how closely to keep the input images' features (``high``, ``low``).
+    input_fidelity: str | None = None
+    #: Edits sent as JSON only: the input images and mask, by reference (gateway/edit_form.py).
+    images: list[ImageRef] | None = None
+    mask: ImageRef | None = None
     #: Gateway options; never sent upstream.
     extra: RequestExtra | None = None
     #: Alias of ``extra.fallbacks`` accepted at the top level; never sent upstream.
     fallbacks: list[ModelId] | None = None
 
     @property
-    def images(self) -> int:
+    def image_count(self) -> int:
         """How many images the request asks for (``n``, 1 when absent)."""
         return 1 if self.n is None else self.n
 
@@ -63,10 +76,11 @@ class ImageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
         own name for it), the operator-allowed ``extra_fields`` added, the gateway's options left
         out; ``stream`` and ``partial_images`` only for a streaming call (``stream=True``)."""
         if stream:
-            upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None)
+            upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None, images=None,
+                                               mask=None)
         else:
             upstream = msgspec.structs.replace(self, model=model, extra=None, fallbacks=None, stream=None,
-                                               partial_images=None)
+                                               partial_images=None, images=None, mask=None)
         if not extra_fields:  # the usual case
             return msgspec.json.encode(upstream)
         body = msgspec.to_builtins(upstream)

@@ -141,6 +141,7 @@ def create_app(config: Config, config_path: str | None = None, *, timing: Router
     app.cleanup_ctx.append(_process_resources(config, config_path, timing, generation))
     app.on_response_prepare.append(_gateway_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
+    app.router.add_post("/v1/images/edits", handlers.create_edit)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

@@ -29,6 +29,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     #: Largest accepted request body; the prompt is at most 32,000 characters.
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1_048_576
+    #: Edits: the largest input image (OpenAI's limit for GPT Image models is 50 MB), all of one
+    #: request's files together, and how much of a request's files is held in memory (the rest goes
+    #: to temporary files).
+    max_upload_bytes: Annotated[int, Meta(ge=1024)] = 52_428_800
+    max_upload_total_bytes: Annotated[int, Meta(ge=1024)] = 134_217_728
+    upload_memory_bytes: Annotated[int, Meta(ge=0)] = 16_777_216
     #: Largest accepted upstream answer (n images of several MB of base64 each).
     max_upstream_body_bytes: Annotated[int, Meta(ge=1024)] = 268_435_456
     access_log: bool = True

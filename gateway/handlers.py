@@ -14,7 +14,7 @@ from gateway.appkeys import LIFECYCLE, PLAN, PRINCIPAL, RECORD, RUNTIME
 from gateway.cost import model_cost
 from gateway.errors import GatewayError
 from gateway.middleware import public
-from gateway.middleware.validation import expects_images_request
+from gateway.middleware.validation import expects_edit_request, expects_images_request
 from gateway.plan import Plan
 from gateway.provider import ProviderError
 from gateway.record import RequestRecord
@@ -30,7 +30,8 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         # The router appends to record.attempts, so a failed request's attempts are recorded too.
-        routed = await runtime.router.walk(plan.request, plan.candidates, plan.deadline_s, record.attempts)
+        routed = await runtime.router.walk(plan.request, plan.candidates, plan.deadline_s, record.attempts,
+                                           plan.inputs)
     finally:
         record.upstream_s = time.perf_counter() - started
     target = routed.target
@@ -53,6 +54,12 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     response = await images_response(request, routed.result.body, routed.parsed, extra_out, headers)
     record.response_bytes = response.content_length or 0
     return response
+
+
+@expects_edit_request
+async def create_edit(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/images/edits``: the same path as a generation, with the edit's images in the plan."""
+    return await create_image(request)
 
 
 async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: RequestRecord, routed: Routed,

@@ -24,7 +24,7 @@ import ssl
 import time
 import zlib
 from functools import lru_cache
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import httptools
@@ -91,7 +91,8 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight, answered through ``waiter``."""
 
     __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "past_parser",
-                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof", "sink")
+                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof", "sink",
+                 "drained")
 
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
@@ -104,6 +105,8 @@ class _Connection(asyncio.Protocol):
         self.past_parser = False
         #: A streaming call's body, handed to its reader as it arrives (``HTTPClient.stream``).
         self.sink: BodyStream | None = None
+        #: Set while the transport's write buffer is full (a large request body waits for it).
+        self.drained: asyncio.Future[None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -151,8 +154,29 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid HTTP answer from the upstream: {exc}"))
 
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def send(self, payload: Payload) -> None:
+        """A request body in pieces, waiting whenever the transport's buffer is full: its memory
+        stays bounded whatever the body's size."""
+        for part in payload.parts():
+            if self.transport is None:
+                raise ConnectionResetError("the upstream closed the connection while the request was sent")
+            self.transport.write(part)
+            if self.drained is not None:
+                await self.drained
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_exception(ConnectionResetError("the upstream closed the connection"))
+            self.drained.exception()  # retrieved here: nobody may be waiting for it
         self.pool._forget(self)
         waiter = self.waiter
         if self.sink is not None and not self.complete:
@@ -350,6 +374,28 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def _request_bytes(method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None) -> tuple[Origin, bytes, Payload | None]:
+    """The request line, headers and (for bytes) body in one buffer; a Payload is sent after it."""
+    target = _target(method, url, urlencode(params) if params else "")
+    payload = None
+    if not isinstance(body, bytes):
+        payload, body = body, b""
+        length = b"Content-Length: %d\r\n\r\n" % payload.content_length
+    else:
+        length = b"Content-Length: %d\r\n\r\n" % len(body) if body or method not in _BODILESS else b"\r\n"
+    return target.origin, b"".join((target.head, _header_block(headers).encode("latin-1"), length, body)), payload
+
+
+class Payload(Protocol):
+    """A request body sent in pieces (gateway/form.py): its length, then its parts in order."""
+
+    @property
+    def content_length(self) -> int: ...
+
+    def parts(self) -> Iterator[bytes | memoryview]: ...
+
+
 class HTTPClient:
     """Keep-alive connections per origin, at most ``limit`` open in all (0: no limit)."""
 
@@ -381,30 +427,31 @@ class HTTPClient:
                    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         return await self.request("POST", url, body, headers, params, timeout_s)
 
-    async def request(self, method: str, url: str, body: bytes, headers: Mapping[str, str],
+    async def request(self, method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
                       params: Mapping[str, str] | None = None, timeout_s: float | None = None,
                       ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """Send ``method`` with ``body`` and ``headers`` (Host, User-Agent, Content-Length are
         added; no Content-Length for a body-less GET, HEAD or DELETE) and return status, headers
         and the whole (decompressed) body. ``timeout_s`` bounds the whole call (waiting for a
         pooled connection included) with TimeoutError."""
-        target = _target(method, url, urlencode(params) if params else "")
-        length = b"Content-Length: %d\r\n\r\n" % len(body) if body or method not in _BODILESS else b"\r\n"
-        request = b"".join((target.head, _header_block(headers).encode("latin-1"), length, body))
+        origin, request, payload = _request_bytes(method, url, body, headers, params)
         loop = self._loop
         if loop is None:  # one client, one loop (and Python 3.11 makes a system call per lookup)
             loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        conn = self._idle_connection(target.origin)
+        conn = self._idle_connection(origin)
         if conn is None:  # a new connection, or a wait for a free one: rare, so asyncio.timeout is fine
             async with asyncio.timeout_at(deadline):
-                conn = await self._acquire(target.origin)
+                conn = await self._acquire(origin)
         waiter = conn.waiter = loop.create_future()
         # A timer handle on the answer's future is cheaper than a Timeout context per request.
         timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
         try:
             assert conn.transport is not None
             conn.transport.write(request)
+            if payload is not None:  # a large body (an edit's images): sent with backpressure
+                async with asyncio.timeout_at(deadline):
+                    await conn.send(payload)
             result = await waiter
         except BaseException:
             conn.waiter = None
@@ -417,27 +464,27 @@ class HTTPClient:
         self._release(conn, reuse=conn.reusable())
         return result
 
-    async def stream(self, method: str, url: str, body: bytes, headers: Mapping[str, str],
+    async def stream(self, method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
                      params: Mapping[str, str] | None = None, timeout_s: float | None = None,
                      ) -> tuple[int, CIMultiDictProxy[str], BodyStream]:
         """Like ``request``, but return as soon as the status and headers are in, with the body to
         read as it arrives. ``timeout_s`` bounds the wait for the headers; the reader bounds the
         rest, and must ``close`` the BodyStream (it releases or aborts the connection)."""
-        target = _target(method, url, urlencode(params) if params else "")
-        length = b"Content-Length: %d\r\n\r\n" % len(body) if body or method not in _BODILESS else b"\r\n"
-        request = b"".join((target.head, _header_block(headers).encode("latin-1"), length, body))
+        origin, request, payload = _request_bytes(method, url, body, headers, params)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         async with asyncio.timeout_at(deadline):
-            conn = self._idle_connection(target.origin) or await self._acquire(target.origin)
+            conn = self._idle_connection(origin) or await self._acquire(origin)
             sink = conn.sink = BodyStream(conn)
             waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], BodyStream]] = loop.create_future()
             conn.waiter = waiter
             try:
                 assert conn.transport is not None
                 conn.transport.write(request)
+                if payload is not None:
+                    await conn.send(payload)
                 status, answer_headers, _ = await waiter
             except BaseException:
                 conn.sink, conn.waiter = None, None

@@ -22,7 +22,8 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.keyring import forbidden, may_use
 from gateway.registry import ModelRoute, Registry
 from gateway.router import Candidate
-from gateway.validation import capability_error, unknown_field_error, unsupported_error
+from gateway.uploads import EditInputs
+from gateway.validation import capability_error, operation_error, unknown_field_error, unsupported_error
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -35,11 +36,15 @@ class Plan(msgspec.Struct, frozen=True):
     #: Every deployment of the model asked, then of each fallback model, in the order to try them.
     candidates: tuple[Candidate, ...]
     deadline_s: float
+    #: An edit's input images (POST /v1/images/edits); None for a generation.
+    inputs: EditInputs | None = None
 
 
-def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, runtime: Runtime) -> Plan:
-    """The plan for a decoded request, or the error OpenAI would answer it with."""
-    problem = unsupported_error(request)
+def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, runtime: Runtime,
+              inputs: EditInputs | None = None) -> Plan:
+    """The plan for a decoded request (an edit's, with its held ``inputs``), or the error OpenAI
+    would answer it with."""
+    problem = unsupported_error(request) or operation_error(request, inputs)
     if problem is not None:
         raise problem
     if request.stream is False or request.response_format is not None:
@@ -50,7 +55,7 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
     route = registry.resolve(request.model)
     if not may_use(key, route.id):
         raise forbidden(route.id, key)
-    fitted = _fit(request, route.capabilities, _droppable(runtime, route.id), route.id)
+    fitted = _fit(request, route.capabilities, _droppable(runtime, route.id), route.id, inputs)
     problem = fitted.problem or unknown_field_error(unknown, route.capabilities)
     if problem is not None:
         raise problem
@@ -58,14 +63,14 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
     deadline_s = runtime.config.router.deadline_s
     if request.extra is not None and request.extra.deadline_s is not None:
         deadline_s = min(deadline_s, request.extra.deadline_s)
-    candidates = list(_candidates(route, fitted, unknown, runtime))
+    candidates = list(_candidates(route, fitted, unknown, runtime, inputs))
     for fallback in fallbacks:
         # A fallback model that cannot take this request is reported as skipped, not refused.
-        fitted = _fit(request, fallback.capabilities, _droppable(runtime, fallback.id), fallback.id)
+        fitted = _fit(request, fallback.capabilities, _droppable(runtime, fallback.id), fallback.id, inputs)
         if fitted.problem is None:
             fitted = fitted._replace(problem=unknown_field_error(unknown, fallback.capabilities))
-        candidates.extend(_candidates(fallback, fitted, unknown, runtime))
-    return Plan(request, route, tuple(candidates), deadline_s)
+        candidates.extend(_candidates(fallback, fitted, unknown, runtime, inputs))
+    return Plan(request, route, tuple(candidates), deadline_s, inputs)
 
 
 class _Fitted(NamedTuple):
@@ -83,20 +88,21 @@ def _droppable(runtime: Runtime, model_id: str) -> frozenset[str]:
 
 
 def _fit(request: ImageRequest, caps: Capabilities, droppable: frozenset[str], model_id: str,
-         notes: tuple[str, ...] = ()) -> _Fitted:
+         inputs: EditInputs | None, notes: tuple[str, ...] = ()) -> _Fitted:
     """``request`` checked against ``caps``; a field it cannot take is dropped (and noted) when
     ``droppable`` names it, and the rest checked again."""
-    problem = capability_error(request, caps)
+    problem = capability_error(request, caps, inputs)
     while problem is not None and problem.param in droppable and getattr(request, problem.param) is not None:
         value = getattr(request, problem.param)
         notes += (f"{problem.param}={value} dropped: {model_id} cannot honour it here "
                   f"(models.{model_id}.drop_unsupported allows this)",)
         request = msgspec.structs.replace(request, **{problem.param: None})
-        problem = capability_error(request, caps)
+        problem = capability_error(request, caps, inputs)
     return _Fitted(request, notes, problem)
 
 
-def _candidates(route: ModelRoute, fitted: _Fitted, unknown: dict[str, Any], runtime: Runtime) -> Iterator[Candidate]:
+def _candidates(route: ModelRoute, fitted: _Fitted, unknown: dict[str, Any], runtime: Runtime,
+                inputs: EditInputs | None) -> Iterator[Candidate]:
     droppable = None
     for target in runtime.router.order(route.targets, route.weighted):
         own = fitted
@@ -104,7 +110,7 @@ def _candidates(route: ModelRoute, fitted: _Fitted, unknown: dict[str, Any], run
         if own.problem is None and target.capabilities is not None:  # a deployment that differs from its model
             caps = target.capabilities
             droppable = _droppable(runtime, route.id) if droppable is None else droppable
-            own = _fit(fitted.request, caps, droppable, route.id, fitted.notes)
+            own = _fit(fitted.request, caps, droppable, route.id, inputs, fitted.notes)
             if own.problem is None:
                 own = own._replace(problem=unknown_field_error(unknown, caps))
         if own.problem is not None:

@@ -36,8 +36,10 @@ from gateway.mapping import (K_CLASSES, AspectChoice, Batch, Dimensions, FilePar
                              allowed_url, convert_images, fan_out, host_allowed, image_format, image_size,
                              images_result, merged_usage, multipart_body, nearest_aspect, parse_size,
                              snap_dimensions)
+from gateway.form import Form
 from gateway.provider_error import ProviderError
 from gateway.upstream import skeleton
+from gateway.uploads import EditInputs, InputImage
 from gateway.upstream_http import Answer, StreamingAnswer, UpstreamHTTP
 
 # The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
@@ -48,8 +50,11 @@ __all__ = [
     "Answer",
     "Call",
     "Capabilities",
+    "EditInputs",
+    "Form",
     "ImageRequest",
     "ImageResult",
+    "InputImage",
     "Model",
     "Provider",
     "ProviderError",
@@ -60,6 +65,7 @@ __all__ = [
     "check_url",
     "error_from_openai",
     "openai_image_models",
+    "openai_form",
     "openai_stream",
     "pass_through",
     "retry_after_s",
@@ -186,12 +192,21 @@ class Provider(abc.ABC):
     async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
         """Make one upstream call for ``call.model`` within ``call.timeout_s``, or raise ProviderError."""
 
-    def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
+    async def edit(self, request: ImageRequest, inputs: EditInputs, call: Call) -> ImageResult:
+        """Optional, for models whose capabilities say ``edits``: one upstream edit of
+        ``inputs.images`` (and ``inputs.mask``) as ``request`` asks, within ``call.timeout_s``.
+        The images are held by the gateway for the whole request: send them with ``Form.file``
+        (streamed from where they are held) or read them with ``InputImage.read``."""
+        raise NotImplementedError(f"{type(self).__name__} does not edit images")
+
+    def stream(self, request: ImageRequest, call: Call, inputs: EditInputs | None = None
+               ) -> AsyncIterator[StreamEvent]:
         """Optional, for models whose capabilities say ``streaming``: an async generator of the
-        request's events, partial images then the completed image(s). Failing before the first
-        event (ProviderError) lets the router try the next target; after it, the client gets an
-        error event. ``call.timeout_s`` bounds the wait for each event; closing the generator
-        (the client left) must cancel the upstream call."""
+        request's events, partial images then the completed image(s) (``image_edit.`` events when
+        ``inputs`` is an edit's). Failing before the first event (ProviderError) lets the router
+        try the next target; after it, the client gets an error event. ``call.timeout_s`` bounds
+        the wait for each event; closing the generator (the client left) must cancel the upstream
+        call."""
         raise NotImplementedError(f"{type(self).__name__} does not stream")
 
     async def close(self) -> None:
@@ -282,3 +297,23 @@ async def openai_stream(answer: StreamingAnswer,
                                 status=400 if client_fault else 502, type=err.type or "server_error",
                                 code=None if err.code is None else str(err.code), param=err.param)
         yield StreamEvent(head.type or name, data)
+
+
+def openai_form(request: ImageRequest, inputs: EditInputs, model: str,
+                extra_fields: Mapping[str, Any] = _NO_FIELDS, stream: bool = False) -> Form:
+    """An edit for an OpenAI-compatible ``/images/edits``: the request's fields as form fields
+    (``model`` the upstream's name), the images as ``image`` (one) or ``image[]`` (several), the
+    mask as ``mask``; the images streamed from where the gateway holds them."""
+    fields = msgspec.to_builtins(msgspec.structs.replace(
+        request, model=model, extra=None, fallbacks=None, images=None, mask=None,
+        stream=True if stream else None, partial_images=request.partial_images if stream else None))
+    fields.update(extra_fields)
+    form = Form()
+    for name, value in fields.items():
+        form.field(name, value if isinstance(value, (str, int, float, bool)) else msgspec.json.encode(value).decode())
+    name = "image" if len(inputs.images) == 1 else "image[]"
+    for image in inputs.images:
+        form.file(name, image)
+    if inputs.mask is not None:
+        form.file("mask", inputs.mask)
+    return form

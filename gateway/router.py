@@ -27,7 +27,7 @@ from gateway.api import Attempt, ImageRequest, UpstreamImagesResponse
 from gateway.breaker import CLOSED, HALF_OPEN, Breaker, State
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from gateway.provider import Call, ImageResult, ProviderError, StreamEvent
+from gateway.provider import Call, EditInputs, ImageResult, ProviderError, StreamEvent
 from gateway.redact import Redactor
 from gateway.registry import Target
 from gateway.streaming import completed_events, iterate
@@ -128,11 +128,12 @@ def order_targets(targets: tuple[Target, ...], rng: random.Random) -> Sequence[T
 class _Walk:
     """One request's progress through its candidates."""
 
-    __slots__ = ("deadline", "attempts", "errors", "retries", "soonest_open_s")
+    __slots__ = ("deadline", "attempts", "inputs", "errors", "retries", "soonest_open_s")
 
-    def __init__(self, deadline: float, attempts: list[Attempt]) -> None:
+    def __init__(self, deadline: float, attempts: list[Attempt], inputs: EditInputs | None) -> None:
         self.deadline = deadline
         self.attempts = attempts
+        self.inputs = inputs
         self.errors: list[ProviderError] = []
         #: Candidates owed another attempt, with the earliest (clock) time for it.
         self.retries: list[tuple[Candidate, float]] = []
@@ -169,10 +170,11 @@ class Router:
         return order_targets(targets, self.rng) if weighted else targets
 
     async def walk(self, request: ImageRequest, candidates: Iterable[Candidate], deadline_s: float,
-                   attempts: list[Attempt] | None = None) -> Routed:
+                   attempts: list[Attempt] | None = None, inputs: EditInputs | None = None) -> Routed:
         """Try each candidate once, then give those that failed in a retryable way their further
-        attempts, in the same order. Every attempt is appended to ``attempts``."""
-        walk = _Walk(self.clock() + deadline_s, [] if attempts is None else attempts)
+        attempts, in the same order. Every attempt is appended to ``attempts``. ``inputs``: an
+        edit's images (the plugins' ``edit`` is called instead of ``generate``)."""
+        walk = _Walk(self.clock() + deadline_s, [] if attempts is None else attempts, inputs)
         for candidate in candidates:
             if candidate.unsupported is not None:
                 walk.attempts.append(_attempt(candidate.target, "skipped", 0.0, code="unsupported_request",
@@ -215,7 +217,7 @@ class Router:
         if candidate.notes:
             call.notes = list(candidate.notes)
         try:
-            answer = await self._call(target, candidate.request or request, call, candidate.streams)
+            answer = await self._call(target, candidate.request or request, call, candidate.streams, walk.inputs)
         except ProviderError as exc:
             now = clock()
             self._scrub(exc, target)
@@ -264,11 +266,12 @@ class Router:
             return now + exc.retry_after_s if exc.retry_after_s <= config.max_retry_after_s else None
         return now + self.rng.uniform(0.0, min(config.backoff_cap_s, config.backoff_base_s * 2.0 ** retry))
 
-    async def _call(self, target: Target, request: ImageRequest, call: Call, streams: bool) -> _Answer:
+    async def _call(self, target: Target, request: ImageRequest, call: Call, streams: bool,
+                    inputs: EditInputs | None) -> _Answer:
         provider = target.provider
         try:
             if streams:
-                events = provider.stream(request, call)
+                events = provider.stream(request, call, inputs) if inputs is not None else provider.stream(request, call)
                 try:
                     async with asyncio.timeout(call.timeout_s):
                         first = await anext(events)
@@ -277,10 +280,12 @@ class Router:
                     raise
                 return None, None, first, events
             if provider.bounds_its_time:
-                result = await provider.generate(request, call)
+                result = await (provider.generate(request, call) if inputs is None
+                                else provider.edit(request, inputs, call))
             else:
                 async with asyncio.timeout(call.timeout_s):  # a backstop for a plugin that may ignore it
-                    result = await provider.generate(request, call)
+                    result = await (provider.generate(request, call) if inputs is None
+                                    else provider.edit(request, inputs, call))
         except TimeoutError:
             raise ProviderError(f"The upstream did not answer within {call.timeout_s:.3g} s.",
                                 code="timeout", timeout=True, retryable=True) from None
@@ -296,7 +301,7 @@ class Router:
         # A streaming request on a target that cannot stream: its answer as completed events.
         if request.partial_images:
             call.note(NO_PARTIAL_IMAGES)
-        whole = completed_events(result, parsed, "image_generation")
+        whole = completed_events(result, parsed, "image_generation" if inputs is None else "image_edit")
         if not whole:
             raise ProviderError("The upstream answered with no image.", status=502,
                                 code="invalid_upstream_response", retryable=True)

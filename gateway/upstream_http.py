@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 
-from gateway.http_client import BodyStream, HTTPClient, ResponseTooLarge, UpstreamProtocolError
+from gateway.http_client import BodyStream, HTTPClient, Payload, ResponseTooLarge, UpstreamProtocolError
 from gateway.provider_error import ProviderError
 from gateway.sse import sse_events
 
@@ -54,10 +54,12 @@ class UpstreamHTTP:
         self._client = client
 
     async def request(self, method: str, url: str, *, upstream: str, timeout_s: float | None,
-                      headers: Mapping[str, str] = _NO_HEADERS, body: bytes = b"",
+                      headers: Mapping[str, str] = _NO_HEADERS, body: bytes | Payload = b"",
                       params: Mapping[str, str] | None = None) -> Answer:
         """Send one request and read the whole answer. ``upstream`` names the upstream in error
-        messages ("OpenAI", "Azure OpenAI"); ``timeout_s`` (the attempt's) bounds the call."""
+        messages ("OpenAI", "Azure OpenAI"); ``timeout_s`` (the attempt's) bounds the call.
+        ``body`` is bytes, or a ``Form`` (gateway/form.py) sent in pieces with backpressure
+        (give its ``content_type`` in ``headers``)."""
         with _mapped(upstream, timeout_s):
             return Answer(*await self._client.request(method, url, body, headers, params, timeout_s))
 
@@ -69,7 +71,7 @@ class UpstreamHTTP:
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, url: str, *, upstream: str, timeout_s: float | None,
-                     headers: Mapping[str, str] = _NO_HEADERS, body: bytes = b"",
+                     headers: Mapping[str, str] = _NO_HEADERS, body: bytes | Payload = b"",
                      params: Mapping[str, str] | None = None) -> AsyncIterator[StreamingAnswer]:
         """Send one request and read its answer as it arrives (Server-Sent Events, say):
         ``async with self.http.stream(...) as answer: async for name, data in answer.events()``.

@@ -19,6 +19,7 @@ import msgspec.inspect as mi
 from gateway.api import ImageRequest
 from gateway.catalog import Capabilities
 from gateway.errors import InvalidRequest
+from gateway.uploads import EditInputs
 
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
                     int: "an integer", float: "a number", type(None): "null"}
@@ -51,6 +52,56 @@ def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageRequest,
         value = msgspec.json.decode(body)
     except msgspec.DecodeError:  # the typed decoder can fail on a type before it sees bad syntax
         raise _invalid_json() from None
+    return _from_value(value, str(exc))
+
+
+def decode_fields(fields: dict[str, str], strings: bool = True) -> tuple[ImageRequest, dict[str, Any]]:
+    """A multipart form's text fields as the request they stand for: an integer or boolean field
+    is read from its text (``n=2``, ``stream=true``), as OpenAI reads forms; then the same checks
+    as a JSON body."""
+    info = _struct_info(ImageRequest)
+    value: dict[str, Any] = dict(fields)
+    for field in info.fields:
+        text = fields.get(field.encode_name)
+        if text is None or not strings:
+            continue
+        kind = _scalar_kind(field.type)
+        if kind == "int":
+            try:
+                value[field.encode_name] = int(text.strip())
+            except ValueError:
+                param = field.encode_name
+                raise InvalidRequest(
+                    f"Invalid type for '{param}': expected an integer, but got a string value that could not be "
+                    "converted into an integer.", param=param, code="invalid_type") from None
+        elif kind == "bool":
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false"):
+                param = field.encode_name
+                raise InvalidRequest(f"Invalid type for '{param}': expected a boolean, but got a string value "
+                                     "that could not be converted into a boolean.", param=param,
+                                     code="invalid_type")
+            value[field.encode_name] = lowered == "true"
+    try:
+        return msgspec.convert(value, ImageRequest), {}
+    except msgspec.ValidationError as exc:
+        return _from_value(value, str(exc))
+
+
+def _scalar_kind(t: mi.Type) -> str | None:
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    for option in t.types if isinstance(t, mi.UnionType) else (t,):
+        while isinstance(option, mi.Metadata):
+            option = option.type
+        if isinstance(option, mi.IntType):
+            return "int"
+        if isinstance(option, mi.BoolType):
+            return "bool"
+    return None
+
+
+def _from_value(value: Any, message: str) -> tuple[ImageRequest, dict[str, Any]]:
     if not isinstance(value, dict):
         raise InvalidRequest(
             f"Invalid type for request body: expected an object, but got {_json_type(value)} instead.",
@@ -66,7 +117,7 @@ def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageRequest,
         return msgspec.convert(value, ImageRequest), unknown
     except msgspec.ValidationError:
         # The walker mirrors msgspec's rules; should they ever disagree, msgspec's message stands.
-        raise InvalidRequest(str(exc), code="invalid_value") from None
+        raise InvalidRequest(message, code="invalid_value") from None
 
 
 def unknown_field_error(unknown: dict[str, Any], caps: Capabilities) -> InvalidRequest | None:
@@ -201,9 +252,35 @@ def unsupported_error(req: ImageRequest) -> InvalidRequest | None:
     return None
 
 
-def capability_error(req: ImageRequest, caps: Capabilities) -> InvalidRequest | None:
-    """Whether a model (or one deployment of it) with ``caps`` can take the request: the first
-    model-dependent field it does not accept, or None."""
+def operation_error(req: ImageRequest, inputs: EditInputs | None) -> InvalidRequest | None:
+    """What a request cannot carry on its route, whatever the model: an edit's fields sent to
+    ``/generations``; on an edit, a mask that is not a PNG with alpha of the first image's size."""
+    if inputs is None:
+        for param in ("input_fidelity", "images", "mask"):
+            if getattr(req, param) is not None:
+                return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+        return None
+    mask, first = inputs.mask, inputs.images[0]
+    if mask is not None:
+        if mask.format != "png" or not mask.has_alpha:
+            return InvalidRequest("Invalid mask image: the mask must be a PNG image with an alpha channel; "
+                                  "its fully transparent areas mark where the image is edited.", param="mask",
+                                  code="invalid_image")
+        if (mask.width, mask.height) != (first.width, first.height):
+            return InvalidRequest(
+                f"Invalid mask image: the mask ({mask.width}x{mask.height}) and the image "
+                f"({first.width}x{first.height}) must have the same dimensions.", param="mask",
+                code="invalid_image_dimensions")
+    return None
+
+
+def capability_error(req: ImageRequest, caps: Capabilities, inputs: EditInputs | None = None) -> InvalidRequest | None:
+    """Whether a model (or one deployment of it) with ``caps`` can take the request (an edit's,
+    with its ``inputs``): the first model-dependent field it does not accept, or None."""
+    if inputs is not None:
+        problem = _edit_error(req, caps, inputs)
+        if problem is not None:
+            return problem
     if req.n is not None and req.n > caps.max_n:
         return InvalidRequest(
             f"Invalid 'n': integer above maximum value. Expected a value <= {caps.max_n}, "
@@ -230,6 +307,24 @@ def capability_error(req: ImageRequest, caps: Capabilities) -> InvalidRequest | 
             f"Invalid value for 'output_compression': compression applies only to "
             f"{_or(caps.compression_formats)} output, but output_format is '{fmt}'.",
             param="output_compression", code="invalid_value")
+    return None
+
+
+def _edit_error(req: ImageRequest, caps: Capabilities, inputs: EditInputs) -> InvalidRequest | None:
+    if not caps.edits:
+        return InvalidRequest("Invalid value for 'model': this model does not edit images "
+                              "(POST /v1/images/edits).", param="model", code="invalid_value")
+    count = len(inputs.images)
+    if count > caps.max_input_images:
+        return InvalidRequest(
+            f"Invalid 'image': array too long. Expected an array with maximum length {caps.max_input_images}, "
+            f"but got an array with length {count} instead.", param="image", code="array_above_max_length")
+    if req.input_fidelity is not None:
+        if not caps.input_fidelities:
+            return InvalidRequest("Unsupported parameter: 'input_fidelity' is not supported with this model.",
+                                  param="input_fidelity", code="unsupported_parameter")
+        if req.input_fidelity not in caps.input_fidelities:
+            return _supported("input_fidelity", req.input_fidelity, caps.input_fidelities)
     return None
 
 

@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
-                              StreamEvent, UpstreamHTTP, check_url, openai_image_models, openai_stream, pass_through,
-                              retry_after_s)
+from gateway.provider import (Call, Capabilities, EditInputs, Form, ImageRequest, ImageResult, Model, Provider,
+                              ProviderError, StreamEvent, UpstreamHTTP, check_url, openai_form, openai_image_models,
+                              openai_stream, pass_through, retry_after_s)
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
 
@@ -91,10 +91,11 @@ class AzureOpenAIProvider(Provider):
     def models(self) -> Sequence[Model]:
         return self._models
 
-    def url(self, deployment: str) -> str:
+    def url(self, deployment: str, operation: str = "generations") -> str:
+        """``operation``: ``generations`` or ``edits``."""
         if self.settings.url_form == "v1":
-            return f"{self.base}/v1/images/generations"
-        return f"{self.base}/deployments/{quote(deployment, safe='')}/images/generations"
+            return f"{self.base}/v1/images/{operation}"
+        return f"{self.base}/deployments/{quote(deployment, safe='')}/images/{operation}"
 
     def _deployment(self, call: Call) -> str:
         deployment = self.settings.deployments.get(call.model)
@@ -103,15 +104,36 @@ class AzureOpenAIProvider(Provider):
                                 status=404, type="invalid_request_error", code="model_not_found")
         return deployment
 
-    async def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
-        """Azure streams as OpenAI does: ``stream`` and ``partial_images`` in the body, Server-Sent
-        Events back (the same endpoint and api-version)."""
+    async def stream(self, request: ImageRequest, call: Call, inputs: EditInputs | None = None
+                     ) -> AsyncIterator[StreamEvent]:
+        """Azure streams as OpenAI does: ``stream`` and ``partial_images`` in the body (or the
+        edit's form), Server-Sent Events back, on the same endpoints and api-version."""
         deployment = self._deployment(call)
-        body = request.openai_body(deployment, call.extra_fields, stream=True)
-        async with self.http.stream("POST", self.url(deployment), upstream="Azure OpenAI", timeout_s=call.timeout_s,
-                                    headers=self.headers, body=body, params=self.params) as answer:
+        body: bytes | Form
+        if inputs is None:
+            url, body, headers = self.url(deployment), request.openai_body(deployment, call.extra_fields,
+                                                                            stream=True), self.headers
+        else:
+            form = openai_form(request, inputs, deployment, call.extra_fields, stream=True)
+            url, body, headers = self.url(deployment, "edits"), form, self._form_headers(form.content_type)
+        async with self.http.stream("POST", url, upstream="Azure OpenAI", timeout_s=call.timeout_s,
+                                    headers=headers, body=body, params=self.params) as answer:
             async for event in openai_stream(answer, self._error):
                 yield event
+
+    def _form_headers(self, content_type: str) -> dict[str, str]:
+        return {**self.headers, "Content-Type": content_type}
+
+    async def edit(self, request: ImageRequest, inputs: EditInputs, call: Call) -> ImageResult:
+        deployment = self._deployment(call)
+        form = openai_form(request, inputs, deployment, call.extra_fields)
+        status, headers, raw = await self.http.request("POST", self.url(deployment, "edits"), upstream="Azure OpenAI",
+                                                       timeout_s=call.timeout_s, body=form, params=self.params,
+                                                       headers=self._form_headers(form.content_type))
+        if not 200 <= status < 300:
+            raise self._error(status, raw, headers)
+        request_id = headers.get("apim-request-id") or headers.get("x-request-id")
+        return ImageResult(body=raw, upstream_request_id=request_id, headers=pass_through(headers))
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         error = azure_error(status, body, headers)

@@ -134,7 +134,7 @@ class GoogleProvider(Provider):
             return await self._call(model, name, request, shape, count, call, deadline)
 
         per_call = model.images_per_call if model.api == "predict" else 1
-        batches = await fan_out(request.images, per_call, one_call, call,
+        batches = await fan_out(request.image_count, per_call, one_call, call,
                                 max_concurrent=self.settings.max_concurrent_calls,
                                 return_partial=self.settings.return_partial)
         images = [image for b in batches for image in b.images]

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Sequence
 
 import msgspec
 
-from gateway.provider import (Call, Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError,
-                              StreamEvent, openai_image_models, stream_event)
+from gateway.provider import (Call, Capabilities, EditInputs, ImageRequest, ImageResult, Model, Provider,
+                              ProviderError, StreamEvent, openai_image_models, stream_event)
 from plugins.local_scene import read_scene
 
 if TYPE_CHECKING:
@@ -104,14 +104,37 @@ class LocalProvider(Provider):
         }
         return ImageResult(body=msgspec.json.encode(body), upstream_request_id=f"local-{uuid.uuid4().hex}")
 
-    async def stream(self, request: ImageRequest, call: Call) -> AsyncIterator[StreamEvent]:
+    async def edit(self, request: ImageRequest, inputs: EditInputs, call: Call) -> ImageResult:
+        """A visible, deterministic edit inside the mask's transparent area (the whole first image
+        without a mask): the prompt's scene drawn there (plugins/local_paint.py ``apply_edit``)."""
+        job = _Job.of(request, inputs)
+        await self._wait(job, call)
+        first, mask = inputs.images[0].read(), inputs.mask.read() if inputs.mask is not None else None
+
+        def render(index: int) -> bytes:
+            return _encode(_edited(first, mask, job, index), job.fmt, job.compression)
+
+        try:
+            async with asyncio.timeout(call.timeout_s):
+                images = await asyncio.gather(*(asyncio.to_thread(render, index) for index in range(job.n)))
+        except TimeoutError:
+            raise _timeout(call) from None
+        body = {"created": int(time.time()), "data": [{"b64_json": image} for image in images],
+                **job.answer_fields(), "usage": job.usage(images=job.n, with_input=True)}
+        return ImageResult(body=msgspec.json.encode(body), upstream_request_id=f"local-{uuid.uuid4().hex}")
+
+    async def stream(self, request: ImageRequest, call: Call, inputs: EditInputs | None = None
+                     ) -> AsyncIterator[StreamEvent]:
         """Progressive renders: each image is drawn once, then sent coarse to sharp as its partial
         images (plugins/local_paint.py ``partial``), then whole, with that image's usage (each
-        partial image costs 100 output tokens more, as OpenAI bills them)."""
+        partial image costs 100 output tokens more, as OpenAI bills them). An edit streams alike."""
         from plugins.local_paint import partial
 
-        job = _Job.of(request)
+        job = _Job.of(request, inputs)
         await self._wait(job, call)
+        kind = "image_generation" if inputs is None else "image_edit"
+        first = inputs.images[0].read() if inputs is not None else None
+        mask = inputs.mask.read() if inputs is not None and inputs.mask is not None else None
         partials = request.partial_images or 0
         created = int(time.time())
         size, quality, background = f"{job.width}x{job.height}", job.quality, job.answer_fields()["background"]
@@ -120,14 +143,17 @@ class LocalProvider(Provider):
             return _encode(partial(image, step, partials), job.fmt, job.compression)
 
         for index in range(job.n):
-            image = await asyncio.to_thread(_draw, job.prompt, job.width, job.height, job.transparent, index)
+            if first is None:
+                image = await asyncio.to_thread(_draw, job.prompt, job.width, job.height, job.transparent, index)
+            else:
+                image = await asyncio.to_thread(_edited, first, mask, job, index)
             for step in range(partials):
                 data = base64.b64encode(await asyncio.to_thread(coarse, image, step))
-                yield stream_event("image_generation.partial_image", data, created_at=created, size=size,
+                yield stream_event(f"{kind}.partial_image", data, created_at=created, size=size,
                                    quality=quality, background=background, output_format=job.fmt,
                                    partial_image_index=step)
             data = base64.b64encode(await asyncio.to_thread(_encode, image, job.fmt, job.compression))
-            yield stream_event("image_generation.completed", data, created_at=created, size=size, quality=quality,
+            yield stream_event(f"{kind}.completed", data, created_at=created, size=size, quality=quality,
                                background=background, output_format=job.fmt,
                                usage=job.usage(images=1, with_input=index == 0, partials=partials))
 
@@ -152,27 +178,39 @@ class _Job(msgspec.Struct, frozen=True):
     transparent: bool
     n: int
     compression: int
+    #: An edit's input images, by their sizes (their input tokens).
+    inputs: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def of(cls, request: ImageRequest) -> _Job:
-        width, height = _parse_size(request.size)
+    def of(cls, request: ImageRequest, inputs: EditInputs | None = None) -> _Job:
+        if inputs is not None and request.size in (None, "auto"):
+            first = inputs.images[0]  # an edit keeps its image's size, within what this provider draws
+            scale = min(1.0, math.sqrt(_MAX_PIXELS / (first.width * first.height)))
+            width, height = max(1, int(first.width * scale)), max(1, int(first.height * scale))
+        else:
+            width, height = _parse_size(request.size)
         fmt = request.output_format or "png"
         return cls(prompt=request.prompt, width=width, height=height, fmt=fmt,
                    quality=request.quality if request.quality not in (None, "auto") else "medium",
                    transparent=request.background == "transparent" and fmt != "jpeg",  # JPEG has no alpha
-                   n=request.images,
+                   n=request.image_count,
                    # OpenAI's output_compression defaults to 100 (best) and maps onto Pillow's quality.
-                   compression=100 if request.output_compression is None else request.output_compression)
+                   compression=100 if request.output_compression is None else request.output_compression,
+                   inputs=tuple((i.width, i.height) for i in inputs.images) if inputs is not None else ())
 
     def answer_fields(self) -> dict[str, str]:
         return {"background": "transparent" if self.transparent else "opaque", "output_format": self.fmt,
                 "quality": self.quality, "size": f"{self.width}x{self.height}"}
 
     def usage(self, images: int, with_input: bool, partials: int = 0) -> dict[str, Any]:
-        input_tokens = max(1, math.ceil(len(self.prompt) / 4)) if with_input else 0  # ~4 characters a token
+        text_tokens = max(1, math.ceil(len(self.prompt) / 4)) if with_input else 0  # ~4 characters a token
+        # An edit's input images: counted like a low-quality output of their size. OpenAI publishes
+        # no formula for input image tokens; this is the demo provider's estimate.
+        image_tokens = sum(_image_tokens("low", w, h) for w, h in self.inputs) if with_input else 0
+        input_tokens = text_tokens + image_tokens
         output_tokens = images * (_image_tokens(self.quality, self.width, self.height) + 100 * partials)
         return {"input_tokens": input_tokens,
-                "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
+                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
                 "output_tokens": output_tokens,
                 "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
                 "total_tokens": input_tokens + output_tokens}
@@ -233,6 +271,25 @@ def _draw(prompt: str, width: int, height: int, transparent: bool, index: int) -
     if scene.objects:
         return paint(scene, width, height, transparent=transparent, index=index)
     return _abstract(prompt, width, height, transparent, index)
+
+
+def _edited(first: bytes, mask: bytes | None, job: _Job, index: int) -> Image.Image:
+    """The edit of an input image (its bytes; the mask's), at the job's size and alpha."""
+    from PIL import Image as PILImage
+
+    from plugins.local_paint import apply_edit
+
+    with PILImage.open(io.BytesIO(first)) as source:
+        source.load()
+        mask_image = PILImage.open(io.BytesIO(mask)) if mask is not None else None
+        edited = apply_edit(source, mask_image, job.prompt, index=index)
+    if edited.size != (job.width, job.height):
+        edited = edited.resize((job.width, job.height), PILImage.Resampling.LANCZOS)
+    if not job.transparent and edited.mode == "RGBA":
+        flat = PILImage.new("RGB", edited.size, (255, 255, 255))
+        flat.paste(edited, mask=edited.getchannel("A"))
+        edited = flat
+    return edited
 
 
 def _encode(canvas: Image.Image, fmt: str, compression: int) -> bytes:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -131,7 +132,7 @@ def stream_events(body: dict[str, Any], b64: str = PNG_1X1) -> list[tuple[str, d
     common = {"created_at": int(time.time()), "size": body.get("size", "1024x1024"),
               "quality": body.get("quality", "medium"), "background": body.get("background", "opaque"),
               "output_format": body.get("output_format", "png")}
-    kind = "image_generation"
+    kind = body.get("_kind", "image_generation")
     events = [(f"{kind}.partial_image", {"type": f"{kind}.partial_image", "b64_json": b64, "partial_image_index": i,
                                          **common}) for i in range(body.get("partial_images") or 0)]
     usage = images_body(body)["usage"]
@@ -181,6 +182,8 @@ class Received:
     query: dict[str, str]
     headers: dict[str, str]
     body: dict[str, Any]
+    #: An edit's files: (field name, file name, content type, bytes), in the order sent.
+    files: list[tuple[str, str, str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -199,12 +202,30 @@ class FakeUpstream:
         app.router.add_post("/v1/images/generations", self.handle)
         app.router.add_post("/openai/deployments/{deployment}/images/generations", self.handle)
         app.router.add_post("/openai/v1/images/generations", self.handle)
+        app.router.add_post("/v1/images/edits", self.handle)
+        app.router.add_post("/openai/deployments/{deployment}/images/edits", self.handle)
+        app.router.add_post("/openai/v1/images/edits", self.handle)
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.received.append(Received(request.path, dict(request.query), dict(request.headers), body))
+        files: list[tuple[str, str, str, bytes]] = []
+        if request.content_type == "multipart/form-data":  # an edit: fields as OpenAI reads them
+            body: dict[str, Any] = {}
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, aiohttp.BodyPartReader)
+                data = await part.read()
+                if part.filename is not None:
+                    files.append((part.name or "", part.filename, part.headers.get("Content-Type", ""), bytes(data)))
+                else:
+                    text = data.decode()
+                    body[part.name or ""] = int(text) if text.isdigit() else {"true": True, "false": False}.get(text, text)
+        else:
+            body = await request.json()
+        self.received.append(Received(request.path, dict(request.query), dict(request.headers), dict(body), files))
         key = request.match_info.get("deployment") or body.get("model", "")
+        if request.path.endswith("/edits"):
+            body["_kind"] = "image_edit"  # (the stream's event names; not part of what was received)
         queue = self.scripts.get(key)
         behaviour = queue.pop(0) if queue else streamed() if body.get("stream") else ok()
         self.in_progress += 1

@@ -82,6 +82,24 @@ async def test_streaming_through_the_openai_sdk(gw: Any, sdk: openai.AsyncOpenAI
                          "stream": True, "partial_images": 1}
 
 
+async def test_edits_through_the_openai_sdk(gw: Any, sdk: openai.AsyncOpenAI, upstream: Any,
+                                           flavour: Flavour) -> None:
+    """Both plugins send an edit as their upstream takes it: multipart on the edits endpoint of
+    the same base (Azure: the deployment's, same api-version), the images streamed from where the
+    gateway holds them."""
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(out, "PNG")
+    source = out.getvalue()
+    model = "openai/gpt-image-1"
+    result = await sdk.images.edit(model=model, prompt=PROMPT, image=("a.png", source, "image/png"), quality="low")
+    assert result.data and result.data[0].b64_json
+    [sent] = upstream.received
+    assert sent.path == flavour.path(model).replace("/generations", "/edits") and sent.query == flavour.query
+    assert sent.body == {"model": flavour.upstream_model(model), "prompt": PROMPT, "quality": "low"}
+    assert sent.files == [("image", "a.png", "image/png", source)]
+    assert all(sent.headers.get(k) == v for k, v in flavour.auth_headers.items())
+
+
 async def test_a_refused_stream_is_translated_before_the_first_event(gw: Any, sdk: openai.AsyncOpenAI,
                                                                      upstream: Any, flavour: Flavour) -> None:
     upstream.script(flavour.upstream_model("openai/gpt-image-1"), flavour.moderation())

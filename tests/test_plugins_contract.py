@@ -59,7 +59,7 @@ async def test_a_minimal_provider_in_a_few_lines() -> None:
             return [contract.Model("acme/m", contract.Capabilities(sizes=("auto",), max_n=1))]
 
         async def generate(self, request: contract.ImageRequest, call: contract.Call) -> contract.ImageResult:
-            if request.images > 1:
+            if request.image_count > 1:
                 raise contract.ProviderError("one at a time", status=400, code="invalid_value", param="n")
             call.note("greeted")
             return contract.ImageResult(body=request.openai_body(self.settings.greeting, call.extra_fields))

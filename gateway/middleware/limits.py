@@ -37,7 +37,7 @@ def limits_middleware(request: web.Request, handler: Handler) -> Next:
 async def _limited(request: web.Request, handler: Handler, key: KeyConfig) -> web.StreamResponse:
     assert key.limits is not None
     config = request[RUNTIME].config
-    plan = make_plan(key.name, key.limits, request[PLAN].request.images,
+    plan = make_plan(key.name, key.limits, request[PLAN].request.image_count,
                      config.router.deadline_s + SLOT_LEASE_MARGIN_S)
     backend = request.app[LIMITS]
     token = secrets.token_hex(8)

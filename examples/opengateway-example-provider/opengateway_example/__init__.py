@@ -56,7 +56,7 @@ class ExampleProvider(Provider):
         # validates (the gateway checked the request against models()), retries or falls back.
         size = 256 if request.size in (None, "auto") else int(request.size.partition("x")[0])
         color = _color_in(request.prompt) or ImageColor.getrgb(self.settings.color)[:3]
-        n = request.images
+        n = request.image_count
         try:
             async with asyncio.timeout(call.timeout_s):
                 png = await asyncio.to_thread(_solid_png, size, color)  # keep the event loop free
