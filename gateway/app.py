@@ -15,7 +15,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from gateway import admin_routes, handlers, metrics, openapi
+from gateway import admin_routes, handlers, metrics, model_routes, openapi
 from gateway.access_log import AccessLog
 from gateway.appkeys import (ACCESS_LOG, DASHBOARD_SESSIONS, HTTP_CLIENT, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS,
                              PLAN, RECORD, RELOADER, RESOURCES, RUNTIME, RUNTIME_REF, STATS)
@@ -142,7 +142,8 @@ def create_app(config: Config, config_path: str | None = None, *, timing: Router
     app.on_response_prepare.append(_gateway_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
     app.router.add_post("/v1/images/edits", handlers.create_edit)
-    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models", model_routes.list_models)
+    app.router.add_get("/v1/models/{model:.+}", model_routes.retrieve_model)  # ids have a slash
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/openapi.json", openapi.openapi_json)

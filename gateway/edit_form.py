@@ -20,6 +20,7 @@ import binascii
 from typing import Any, AsyncIterator
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.api import ImageRef, ImageRequest
 from gateway.errors import InvalidRequest
@@ -33,6 +34,14 @@ _FILE_FIELDS = ("image", "image[]", "mask")
 
 
 async def read_multipart(request: web.Request, limits: UploadLimits) -> tuple[ImageRequest, dict[str, Any], EditInputs]:
+    try:
+        return await _read_multipart(request, limits)
+    except (HttpProcessingError, ValueError):  # aiohttp's reader refused the body itself
+        raise InvalidRequest("The multipart body could not be read: a part is malformed (its headers, boundary "
+                             "or encoding).", code="invalid_multipart") from None
+
+
+async def _read_multipart(request: web.Request, limits: UploadLimits) -> tuple[ImageRequest, dict[str, Any], EditInputs]:
     reader = await request.multipart()
     fields: dict[str, str] = {}
     images: list[InputImage] = []

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import streaming
 from gateway.api import Usage
-from gateway.appkeys import LIFECYCLE, PLAN, PRINCIPAL, RECORD, RUNTIME
+from gateway.appkeys import LIFECYCLE, PLAN, RECORD, RUNTIME
 from gateway.cost import model_cost
 from gateway.errors import GatewayError
 from gateway.middleware import public
@@ -111,24 +111,6 @@ async def _stream_error(response: web.StreamResponse, record: RequestRecord, err
     record.error_code = error.code
     return await streaming.write_error(response, error, {"routing": {"attempts": routed.attempts},
                                                           "usage": record.cost})
-
-
-class ModelObject(msgspec.Struct):
-    id: str
-    object: str = "model"
-    created: int = 0
-    owned_by: str = ""
-
-
-class ModelList(msgspec.Struct):
-    data: list[ModelObject]
-    object: str = "list"
-
-
-async def list_models(request: web.Request) -> web.Response:
-    ids = request[RUNTIME].registry.visible_models(request[PRINCIPAL])
-    body = ModelList([ModelObject(i, owned_by=i.partition("/")[0]) for i in ids])
-    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
 
 @public

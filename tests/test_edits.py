@@ -191,3 +191,22 @@ async def post_form(client: Any, fields: dict[str, str], files: list[tuple[str, 
     for name, data in files:
         form.add_field(name, data, filename=f"{name}.png", content_type="image/png")
     return await client.post("/v1/images/edits", data=form, headers=AUTH)
+
+
+async def test_models_are_retrieved_by_their_slashed_id_with_capabilities(client: Any) -> None:
+    async with sdk(client) as api:
+        model = await api.models.retrieve("openai/gpt-image-2")
+        listed = [m async for m in api.models.list()]
+    assert model.id == "openai/gpt-image-2" and model.owned_by == "openai"
+    caps = model.model_extra["capabilities"]
+    assert caps["streaming"] is True and caps["edits"] is True and caps["max_n"] == 10
+    assert caps["flexible_sizes"]["multiple_of"] == 16
+    assert all(m.model_extra["capabilities"]["edits"] for m in listed)
+    resp = await client.get("/v1/models/openai/gpt-image-9", headers=AUTH)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "model_not_found"
+    # A model the key may not use does not exist for it (the mini-only key of the base config).
+    from tests.conftest import OTHER_KEY
+    resp = await client.get("/v1/models/openai/gpt-image-2", headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert resp.status == 404
+    resp = await client.get("/v1/models/openai/gpt-image-1-mini", headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert resp.status == 200

@@ -1,0 +1,51 @@
+"""``GET /v1/models`` and ``GET /v1/models/{model}``: OpenAI's list and retrieve shapes, with each
+model's capabilities (what the gateway checks requests against) as an extension field."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from gateway.appkeys import PRINCIPAL, RUNTIME
+from gateway.catalog import Capabilities
+from gateway.errors import GatewayError, model_not_found
+from gateway.keyring import may_use
+from gateway.registry import ModelRoute
+
+
+class ModelObject(msgspec.Struct):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = ""
+    #: OpenGateway's extension: sizes, qualities, formats, n, streaming, edits (gateway/catalog.py).
+    capabilities: Capabilities | None = None
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelObject]
+    object: str = "list"
+
+
+def _object(route: ModelRoute) -> ModelObject:
+    return ModelObject(route.id, owned_by=route.id.partition("/")[0], capabilities=route.capabilities)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    registry = request[RUNTIME].registry
+    ids = registry.visible_models(request[PRINCIPAL])
+    body = ModelList([_object(registry.models[i]) for i in ids])
+    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """One model, by the id a client would send (``owner/model``, an alias, a bare id); a model the
+    key may not use does not exist for it (404, as OpenAI answers)."""
+    asked = request.match_info["model"]
+    try:
+        route = request[RUNTIME].registry.resolve(asked)
+    except GatewayError:
+        raise model_not_found(asked) from None
+    if not may_use(request[PRINCIPAL], route.id):
+        raise model_not_found(asked)
+    return web.Response(body=msgspec.json.encode(_object(route)), content_type="application/json")
