@@ -205,7 +205,8 @@ async def test_an_image_in_another_format_than_asked_is_converted(gateway: Calla
     status, body = await generate(await gateway(), output_format="webp")
     assert status == 200, body
     assert decoded(body["data"][0])[0] == "WEBP"
-    assert body["extra"]["routing"]["attempts"][0]["notes"] == ["1 image converted from png to webp at quality 100 by the gateway"]
+    assert body["extra"]["routing"]["attempts"][0]["notes"] == [
+        "1 image converted from png to webp at quality 100 by the gateway"]
 
 
 async def test_what_stability_cannot_honour_is_refused_before_any_call(gateway: Callable[..., Any],
@@ -247,11 +248,12 @@ async def test_a_rejected_key_is_401_and_the_next_target_serves(gateway: Callabl
     assert served["status"] == "succeeded" and served["target"] == f"stability-1:{ULTRA}"
 
 
-async def test_the_v1_error_form_is_read_too() -> None:
+def test_the_v1_error_form_is_read_too() -> None:
     from plugins.stability_wire import stability_error
 
-    # The v1 API's 401 (components/responses/401 of the same spec): `message`, not `errors`.
-    raw = b'{"id": "9160aa70-222f-4a36-9eb7-475e2668362a", "name": "unauthorized", "message": "missing authorization header"}'
+    # The v1 API's 401 (components/responses/401 of the same spec): `message`, not `errors`
+    # (the id is the test's own).
+    raw = b'{"id": "v1-error-id", "name": "unauthorized", "message": "missing authorization header"}'
     exc = stability_error(401, raw, {})
     assert (exc.status, exc.code) == (401, "invalid_api_key")
     assert exc.message == "Stability AI answered HTTP 401 (unauthorized): missing authorization header"
