@@ -109,6 +109,7 @@ def model_cost(usage: Usage | None, price: Price | None, source: str | None, mod
     tokens = None if usage is None else tokens_of(usage)
     if price is not None and (price.per_image is not None or price.per_megapixel is not None):
         return tokens, output_cost(images, megapixels, price, source, model)
-    if tokens is None:
+    if tokens is None and price is not None:
         return None, unknown_usage()
-    return tokens, price_cost(tokens, price, source, model)
+    # Without a price that is the reason, usage or not (providers billed per image report none).
+    return tokens, price_cost(tokens or Tokens(), price, source, model)
