@@ -97,7 +97,7 @@ class StabilityProvider(Provider):
         model = self._models[call.model]
         deadline = time.monotonic() + call.timeout_s
         fields = _form(model, request, call)
-        seeds = _seeds(fields.get("seed"), request.images, call)
+        seeds = _seeds(fields.get("seed"), request.image_count, call)
         url = self.prefix + model.endpoint
 
         async def one_call(count: int) -> Batch:
@@ -109,7 +109,7 @@ class StabilityProvider(Provider):
                 raise stability_error(answer.status, answer.body, answer.headers, self.settings.api_key)
             return read_generation(answer.body, answer.headers)
 
-        batches = await fan_out(request.images, 1, one_call, call, max_concurrent=self.settings.max_concurrent_calls,
+        batches = await fan_out(request.image_count, 1, one_call, call, max_concurrent=self.settings.max_concurrent_calls,
                                 return_partial=self.settings.return_partial)
         images = [image for b in batches for image in b.images]
         images = await convert_images(images, request.output_format, request.output_compression, call)
