@@ -271,6 +271,14 @@ def test_http_only_where_the_plugin_allows_it() -> None:
     assert allowed_url("http://127.0.0.1:9/x", ("127.0.0.1",), upstream="T", schemes=("https", "http"))
 
 
+def test_domains_the_operator_added_take_http_and_nothing_else_does() -> None:
+    assert allowed_url("http://127.0.0.1:9/x", BFL, upstream="BFL", operator_domains=("127.0.0.1",))
+    assert allowed_url("https://proxy.internal/r", BFL, upstream="BFL", operator_domains=("proxy.internal",))
+    for url in ("http://localhost:9/x", "http://delivery.bfl.ai/x", "ftp://127.0.0.1/x"):
+        with pytest.raises(ProviderError):
+            allowed_url(url, BFL, upstream="BFL", operator_domains=("127.0.0.1",))
+
+
 # -- multipart ---------------------------------------------------------------------------------
 
 async def test_multipart_body_is_read_back_by_a_real_server(aiohttp_server: Callable[..., Any]) -> None:

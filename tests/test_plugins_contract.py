@@ -29,7 +29,7 @@ def test_all_is_accurate() -> None:
     assert defined_here <= set(contract.__all__), "a public class or function of the contract is not exported"
 
 
-@pytest.mark.parametrize("name", ["openai", "azure_openai", "local", "google"])
+@pytest.mark.parametrize("name", ["openai", "azure_openai", "local", "google", "bfl", "fal"])
 def test_builtin_plugins_come_through_the_entry_points(name: str) -> None:
     info = discover()[name]
     assert info.ok and info.distribution == "opengateway" and info.api_version == contract.API_VERSION

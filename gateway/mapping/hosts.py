@@ -23,11 +23,12 @@ def host_allowed(host: str, domains: Iterable[str]) -> bool:
 
 
 def allowed_url(url: str, domains: Iterable[str], *, upstream: str, what: str = "URL",
-                schemes: Iterable[str] = ("https",)) -> str:
-    """``url`` when its scheme is one of ``schemes`` and its host is under ``domains``; else a
-    ProviderError (502, ``upstream_url_refused``) naming the host, never the whole URL (a signed
-    URL's query is a credential). No request is made in either case. A plugin lets the operator
-    add domains (a proxy, a test double) and ``http`` only for those."""
+                schemes: Iterable[str] = ("https",), operator_domains: Iterable[str] = ()) -> str:
+    """``url`` when its scheme is one of ``schemes`` and its host is under ``domains``, or when
+    it is http(s) on one of ``operator_domains`` (domains the operator added in the plugin's
+    settings: a proxy, a test double); else a ProviderError (502, ``upstream_url_refused``)
+    naming the host, never the whole URL (a signed URL's query is a credential). No request is
+    made in either case."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -37,6 +38,8 @@ def allowed_url(url: str, domains: Iterable[str], *, upstream: str, what: str = 
     if parts is None or not host or parts.username is not None or parts.password is not None:
         raise ProviderError(f"{upstream} handed back a {what} that is not a plain http(s) URL; it was not requested.",
                             status=502, code="upstream_url_refused")
+    if parts.scheme in ("http", "https") and host_allowed(host, operator_domains):
+        return url
     if parts.scheme not in tuple(schemes) or not host_allowed(host, domains):
         shown = host[:100]
         raise ProviderError(f"{upstream} handed back a {what} on {parts.scheme}://{shown}, outside the provider's "
