@@ -17,8 +17,8 @@ from aiohttp import web
 
 from gateway import admin_routes, handlers, metrics, model_routes, openapi
 from gateway.access_log import AccessLog
-from gateway.appkeys import (ACCESS_LOG, DASHBOARD_SESSIONS, HTTP_CLIENT, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS,
-                             PLAN, RECORD, RELOADER, RESOURCES, RUNTIME, RUNTIME_REF, STATS)
+from gateway.appkeys import (ACCESS_LOG, BODY, DASHBOARD_SESSIONS, HTTP_CLIENT, LIFECYCLE, LIMIT_HEADERS, LIMITS,
+                             OBSERVERS, PLAN, RECORD, RELOADER, RESOURCES, RUNTIME, RUNTIME_REF, STATS)
 from gateway.config import Config
 from gateway.dashboard import views as dashboard
 from gateway.dashboard.session import Sessions
@@ -28,6 +28,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.limits.backend import make_backend
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
+from gateway.middleware.body import body_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.identity import identity_middleware
 from gateway.middleware.limits import limits_middleware
@@ -52,12 +53,13 @@ MIDDLEWARES = (
     admin_port_middleware,  # operator routes answer 404 off the admin port (server.admin_port)
     auth_middleware,        # Authorization: Bearer -> the key's policy, or 401
     identity_middleware,    # x-opengateway-user-id / -session-id -> request record
-    validation_middleware,  # JSON body -> ImageRequest -> the request plan, or OpenAI's 4xx
+    body_middleware,        # the image routes' body read (bounded); an edit's images held
+    validation_middleware,  # the body -> ImageRequest -> the request plan, or OpenAI's 4xx
     limits_middleware,      # the key's per-minute, in-flight and spend limits (needs n), or 429
 )
 
 #: Taken out of a request once it has been observed (gateway/observers.py).
-_RELEASED_AFTER_OBSERVING = (RECORD, PLAN, RUNTIME)
+_RELEASED_AFTER_OBSERVING = (RECORD, BODY, PLAN, RUNTIME)
 
 
 def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int

@@ -7,6 +7,7 @@ middleware, handlers) imports this module, never the other way round.
 from aiohttp import web
 
 from gateway.access_log import AccessLog
+from gateway.body import Body
 from gateway.config import KeyConfig
 from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats
@@ -43,5 +44,7 @@ RECORD = web.RequestKey("record", RequestRecord)
 RUNTIME = web.RequestKey("runtime", Runtime)
 #: The gateway key that authenticated the request.
 PRINCIPAL = web.RequestKey("principal", KeyConfig)
+#: The body as read (gateway/middleware/body.py), before it is decoded.
+BODY = web.RequestKey("body", Body)
 PLAN = web.RequestKey("plan", Plan)
 LIMIT_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("limit_headers")

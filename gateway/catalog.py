@@ -12,6 +12,8 @@ import importlib.resources
 
 import msgspec
 
+from gateway.tokens import TokenRule
+
 
 class SizeRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A flexible ``WxH`` rule (gpt-image-2): every size that satisfies it is accepted."""
@@ -91,6 +93,8 @@ class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class CatalogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     capabilities: Capabilities = Capabilities()
     price: Price | None = None
+    #: Output tokens per image (gateway/tokens.py): for estimates before a call.
+    tokens: TokenRule | None = None
 
 
 @functools.cache

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.api import Usage
+from gateway.api import ImageRequest, Usage
 from gateway.catalog import Price
+from gateway.tokens import TokenRule, output_tokens
 
 #: Token kinds; each is also the name of its rate in ``Price`` and of its part in the details.
 KINDS = ("text_input", "cached_text_input", "image_input", "cached_image_input", "text_output", "image_output")
@@ -113,3 +114,26 @@ def model_cost(usage: Usage | None, price: Price | None, source: str | None, mod
         return None, unknown_usage()
     # Without a price that is the reason, usage or not (providers billed per image report none).
     return tokens, price_cost(tokens or Tokens(), price, source, model)
+
+
+def estimate_usd(request: ImageRequest, price: Price | None, tokens: TokenRule | None) -> float | None:
+    """An upper bound of what one call for ``request`` may cost at ``price`` (before the call, or
+    for a call whose answer was lost): its images at the dearest quality and size the request
+    allows (gateway/tokens.py), its prompt at about four characters a token. None when the price
+    or the token counts are unknown. An edit's input images are not counted (no published rule)."""
+    if price is None:
+        return None
+    images = request.image_count
+    if price.per_image is not None or price.per_megapixel is not None:
+        total = images * (price.per_image or 0.0)
+        if price.per_megapixel is not None:
+            width, _, height = (request.size or "").partition("x")
+            if not (width.isdigit() and height.isdigit()):
+                return None
+            total += images * int(width) * int(height) / 1_000_000 * price.per_megapixel
+        return round(total, 10)
+    out = output_tokens(tokens, request.size, request.quality, images, request.partial_images or 0)
+    if out is None or price.image_output is None:
+        return None
+    prompt_tokens = -(-len(request.prompt) // 4)
+    return round((out * price.image_output + prompt_tokens * (price.text_input or 0.0)) / 1_000_000, 10)

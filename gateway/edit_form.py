@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -25,7 +25,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.api import ImageRef, ImageRequest
 from gateway.errors import InvalidRequest
 from gateway.uploads import EditInputs, InputImage, UploadLimits, read_into, remove_all
-from gateway.validation import decode_fields
 
 #: Text parts longer than this are refused (the prompt is at most 32,000 characters).
 MAX_FIELD_BYTES = 256 << 10
@@ -33,7 +32,9 @@ MAX_FIELD_BYTES = 256 << 10
 _FILE_FIELDS = ("image", "image[]", "mask")
 
 
-async def read_multipart(request: web.Request, limits: UploadLimits) -> tuple[ImageRequest, dict[str, Any], EditInputs]:
+async def read_multipart(request: web.Request, limits: UploadLimits) -> tuple[dict[str, str], EditInputs]:
+    """The form's text fields (decoded later, by gateway/validation.py ``decode_fields``) and its
+    images, held."""
     try:
         return await _read_multipart(request, limits)
     except (HttpProcessingError, ValueError):  # aiohttp's reader refused the body itself
@@ -41,7 +42,7 @@ async def read_multipart(request: web.Request, limits: UploadLimits) -> tuple[Im
                              "or encoding).", code="invalid_multipart") from None
 
 
-async def _read_multipart(request: web.Request, limits: UploadLimits) -> tuple[ImageRequest, dict[str, Any], EditInputs]:
+async def _read_multipart(request: web.Request, limits: UploadLimits) -> tuple[dict[str, str], EditInputs]:
     reader = await request.multipart()
     fields: dict[str, str] = {}
     images: list[InputImage] = []
@@ -68,8 +69,7 @@ async def _read_multipart(request: web.Request, limits: UploadLimits) -> tuple[I
         if not images:
             raise InvalidRequest("Missing required parameter: 'image'.", param="image",
                                  code="missing_required_parameter")
-        decoded, unknown = decode_fields(fields, strings=True)
-        return decoded, unknown, EditInputs(tuple(images), mask)
+        return fields, EditInputs(tuple(images), mask)
     except BaseException:
         remove_all(images + ([mask] if mask is not None else []))
         raise

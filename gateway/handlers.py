@@ -14,7 +14,7 @@ from gateway.appkeys import LIFECYCLE, PLAN, RECORD, RUNTIME
 from gateway.cost import model_cost
 from gateway.errors import GatewayError
 from gateway.middleware import public
-from gateway.middleware.validation import expects_edit_request, expects_images_request
+from gateway.middleware.body import expects_edit_request, expects_images_request
 from gateway.plan import Plan
 from gateway.provider import ProviderError
 from gateway.record import RequestRecord

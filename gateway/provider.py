@@ -38,6 +38,7 @@ from gateway.mapping import (K_CLASSES, AspectChoice, Batch, Dimensions, FilePar
                              snap_dimensions)
 from gateway.form import Form
 from gateway.provider_error import ProviderError
+from gateway.tokens import TokenRule, image_tokens
 from gateway.upstream import skeleton
 from gateway.uploads import EditInputs, InputImage
 from gateway.upstream_http import Answer, StreamingAnswer, UpstreamHTTP
@@ -60,10 +61,12 @@ __all__ = [
     "ProviderError",
     "SizeRule",
     "StreamEvent",
+    "TokenRule",
     "StreamingAnswer",
     "UpstreamHTTP",
     "check_url",
     "error_from_openai",
+    "image_tokens",
     "openai_image_models",
     "openai_form",
     "openai_stream",

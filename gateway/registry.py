@@ -17,6 +17,7 @@ from gateway.keyring import may_use
 from gateway.plugins import provider_class
 from gateway.provider import Provider
 from gateway.redact import secrets_of
+from gateway.tokens import TokenRule
 from gateway.upstream_http import UpstreamHTTP
 
 
@@ -47,6 +48,8 @@ class ModelRoute(msgspec.Struct, frozen=True):
     price_source: str | None = None
     #: Two or more targets carry weights: their order is drawn per request (gateway/router.py).
     weighted: bool = False
+    #: Output tokens per image (gateway/tokens.py), for estimates before a call; None: unknown.
+    tokens: TokenRule | None = None
 
 
 class Registry:
@@ -118,7 +121,9 @@ class Registry:
             source = None if price is None else "config" if mc.price is not None else \
                 "bundled" if bundled is not None else "plugin"
             weighted = sum(t.weight is not None for t in targets) > 1
-            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source, weighted)
+            tokens = catalog[model_id].tokens if model_id in catalog else None
+            models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source, weighted,
+                                          tokens)
         if problems:
             raise ConfigError(problems)
         return cls(config, providers, models)

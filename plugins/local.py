@@ -34,21 +34,13 @@ from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Sequence
 import msgspec
 
 from gateway.provider import (Call, Capabilities, EditInputs, ImageRequest, ImageResult, Model, Provider,
-                              ProviderError, StreamEvent, openai_image_models, stream_event)
+                              ProviderError, StreamEvent, image_tokens, openai_image_models, stream_event)
 from plugins.local_scene import read_scene
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["FAILURES", "IMAGE_TOKENS", "LocalProvider"]
-
-#: gpt-image-1 output tokens per image by quality and size (OpenAI's widely repeated table).
-#: Other sizes scale the 1024x1024 figure by pixel count.
-IMAGE_TOKENS: dict[str, dict[str, int]] = {
-    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
-    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
-    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
-}
+__all__ = ["FAILURES", "LocalProvider"]
 
 #: What ``[local:fail-<status>]`` answers: status → (type, code, message), in OpenAI's words.
 #: Any other 5xx answers like 500; any other 4xx is an ``invalid_request_error``.
@@ -86,7 +78,7 @@ class LocalProvider(Provider):
         return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
 
     async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
-        job = _Job.of(request)
+        job = _Job.of(request, call)
         await self._wait(job, call)
         try:
             async with asyncio.timeout(call.timeout_s):
@@ -107,7 +99,7 @@ class LocalProvider(Provider):
     async def edit(self, request: ImageRequest, inputs: EditInputs, call: Call) -> ImageResult:
         """A visible, deterministic edit inside the mask's transparent area (the whole first image
         without a mask): the prompt's scene drawn there (plugins/local_paint.py ``apply_edit``)."""
-        job = _Job.of(request, inputs)
+        job = _Job.of(request, call, inputs)
         await self._wait(job, call)
         first, mask = inputs.images[0].read(), inputs.mask.read() if inputs.mask is not None else None
 
@@ -130,7 +122,7 @@ class LocalProvider(Provider):
         partial image costs 100 output tokens more, as OpenAI bills them). An edit streams alike."""
         from plugins.local_paint import partial
 
-        job = _Job.of(request, inputs)
+        job = _Job.of(request, call, inputs)
         await self._wait(job, call)
         kind = "image_generation" if inputs is None else "image_edit"
         first = inputs.images[0].read() if inputs is not None else None
@@ -171,6 +163,8 @@ class _Job(msgspec.Struct, frozen=True):
     """What to draw for a request (the gateway has checked every value against the capabilities)."""
 
     prompt: str
+    #: The model served (its token rule prices the answer).
+    model: str
     width: int
     height: int
     fmt: str
@@ -182,7 +176,7 @@ class _Job(msgspec.Struct, frozen=True):
     inputs: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def of(cls, request: ImageRequest, inputs: EditInputs | None = None) -> _Job:
+    def of(cls, request: ImageRequest, call: Call, inputs: EditInputs | None = None) -> _Job:
         if inputs is not None and request.size in (None, "auto"):
             first = inputs.images[0]  # an edit keeps its image's size, within what this provider draws
             scale = min(1.0, math.sqrt(_MAX_PIXELS / (first.width * first.height)))
@@ -190,7 +184,7 @@ class _Job(msgspec.Struct, frozen=True):
         else:
             width, height = _parse_size(request.size)
         fmt = request.output_format or "png"
-        return cls(prompt=request.prompt, width=width, height=height, fmt=fmt,
+        return cls(prompt=request.prompt, model=call.model, width=width, height=height, fmt=fmt,
                    quality=request.quality if request.quality not in (None, "auto") else "medium",
                    transparent=request.background == "transparent" and fmt != "jpeg",  # JPEG has no alpha
                    n=request.image_count,
@@ -206,11 +200,11 @@ class _Job(msgspec.Struct, frozen=True):
         text_tokens = max(1, math.ceil(len(self.prompt) / 4)) if with_input else 0  # ~4 characters a token
         # An edit's input images: counted like a low-quality output of their size. OpenAI publishes
         # no formula for input image tokens; this is the demo provider's estimate.
-        image_tokens = sum(_image_tokens("low", w, h) for w, h in self.inputs) if with_input else 0
-        input_tokens = text_tokens + image_tokens
-        output_tokens = images * (_image_tokens(self.quality, self.width, self.height) + 100 * partials)
+        input_images = sum(_image_tokens(self.model, "low", w, h) for w, h in self.inputs) if with_input else 0
+        input_tokens = text_tokens + input_images
+        output_tokens = images * (_image_tokens(self.model, self.quality, self.width, self.height) + 100 * partials)
         return {"input_tokens": input_tokens,
-                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": input_images},
                 "output_tokens": output_tokens,
                 "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
                 "total_tokens": input_tokens + output_tokens}
@@ -221,9 +215,17 @@ def _timeout(call: Call) -> ProviderError:
                          timeout=True)
 
 
-def _image_tokens(quality: str, width: int, height: int) -> int:
-    table = IMAGE_TOKENS[quality]
-    return table.get(f"{width}x{height}") or round(table["1024x1024"] * width * height / 1_048_576)
+#: The token rule for a model the catalogue does not know (gpt-image-1's table).
+_DEFAULT_RULE = "openai/gpt-image-1"
+
+
+def _image_tokens(model: str, quality: str, width: int, height: int) -> int:
+    """Output tokens of one image, by the catalogue's rule for ``model`` (gateway/tokens.py):
+    gpt-image-2's formula for gpt-image-2, the published table for the older models."""
+    catalog = openai_image_models()
+    rule = (catalog.get(model) or catalog[_DEFAULT_RULE]).tokens
+    count = image_tokens(rule, f"{width}x{height}", quality) if rule is not None else None
+    return count if count is not None else 0
 
 
 def _parse_size(size: str | None) -> tuple[int, int]:

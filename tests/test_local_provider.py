@@ -15,7 +15,7 @@ from gateway.catalog import Capabilities, openai_image_models
 from gateway.http_client import HTTPClient
 from gateway.provider import Call, ImageRequest, ImageResult, ProviderError, UpstreamHTTP
 from plugins import local
-from plugins.local import IMAGE_TOKENS, LocalProvider
+from plugins.local import LocalProvider
 
 PROMPT = "A small red cube on a white background."  # 39 characters → 10 input tokens
 
@@ -60,9 +60,9 @@ def test_the_seed_request_gets_openai_shaped_answer() -> None:
     assert body["usage"] == {
         "input_tokens": 10,
         "input_tokens_details": {"text_tokens": 10, "image_tokens": 0},
-        "output_tokens": 1056,
-        "output_tokens_details": {"image_tokens": 1056, "text_tokens": 0},
-        "total_tokens": 1066,
+        "output_tokens": 1756,  # gpt-image-2's formula at 1024x1024 medium (gateway/tokens.py)
+        "output_tokens_details": {"image_tokens": 1756, "text_tokens": 0},
+        "total_tokens": 1766,
     }
     image = decode(images_of(body)[0])
     assert (image.format, image.size, image.mode) == ("PNG", (1024, 1024), "RGB")
@@ -130,13 +130,13 @@ def test_output_compression_is_the_jpeg_quality() -> None:
 @pytest.mark.parametrize(
     ("prompt", "fields", "input_tokens", "output_tokens"),
     [
-        ("a", {}, 1, 1056),  # auto quality answers as medium
-        ("x" * 9, {"quality": "low", "size": "1024x1536", "n": 2}, 3, 2 * 408),
-        ("x" * 400, {"quality": "high", "size": "1536x1024"}, 100, 6208),
-        # Flexible sizes scale the 1024x1024 figure: 2048x1152 is 2.25x → 1056 * 2.25 = 2376 per image.
-        ("abcd", {"quality": "medium", "size": "2048x1152", "n": 2}, 1, 4752),
-        # 1280x720 is 921,600 px → 272 * 0.878906... = 239.06 → 239.
-        ("abcde", {"quality": "low", "size": "1280x720"}, 2, 239),
+        # gpt-image-2's formula (OpenAI's token calculator; the values OpenAI's guide tabulates):
+        ("a", {}, 1, 1756),  # auto quality answers as medium, 1024x1024
+        ("x" * 9, {"quality": "low", "size": "1024x1536", "n": 2}, 3, 2 * 158),
+        ("x" * 400, {"quality": "high", "size": "1536x1024"}, 100, 5488),
+        ("abcd", {"quality": "medium", "size": "2048x1152", "n": 2}, 1, 2 * 1413),
+        # u = round(16 * 720 / 1280) = 9; ceil(16 * 9 * (2,000,000 + 921,600) / 4,000,000) = 106
+        ("abcde", {"quality": "low", "size": "1280x720"}, 2, 106),
     ],
 )
 def test_usage_arithmetic(prompt: str, fields: dict[str, Any], input_tokens: int, output_tokens: int) -> None:
@@ -149,11 +149,18 @@ def test_usage_arithmetic(prompt: str, fields: dict[str, Any], input_tokens: int
     assert all(decode(raw).size == (width, height) for raw in images_of(body))
 
 
-def test_token_table_covers_every_quality_and_fixed_size() -> None:
-    gpt_image_1 = openai_image_models()["openai/gpt-image-1"].capabilities
-    assert set(IMAGE_TOKENS) == set(gpt_image_1.qualities) - {"auto"}
-    for sizes in IMAGE_TOKENS.values():
-        assert set(sizes) == set(gpt_image_1.sizes) - {"auto"}
+def test_each_model_is_billed_by_its_own_token_rule() -> None:
+    """gpt-image-1 by OpenAI's published table, gpt-image-2 by its formula (gateway/tokens.py)."""
+    async def usage(model: str) -> dict[str, Any]:
+        provider = LocalProvider(LocalProvider.Settings(), UpstreamHTTP(HTTPClient()))
+        request = ImageRequest(model=model, prompt="p", size="1024x1024", quality="high")
+        return msgspec.json.decode((await provider.generate(request, Call(model, 30))).body)["usage"]
+    assert asyncio.run(usage("openai/gpt-image-1"))["output_tokens"] == 4160
+    assert asyncio.run(usage("openai/gpt-image-2"))["output_tokens"] == 7024
+    gpt_image_1 = openai_image_models()["openai/gpt-image-1"]
+    assert gpt_image_1.tokens is not None and gpt_image_1.tokens.table is not None
+    for sizes in gpt_image_1.tokens.table.values():  # the table covers every fixed size
+        assert set(sizes) == set(gpt_image_1.capabilities.sizes) - {"auto"}
 
 
 @pytest.mark.parametrize(

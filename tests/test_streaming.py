@@ -108,7 +108,7 @@ providers: [{{id: local, plugin: local, region: local}}]
     assert distances == sorted(distances, reverse=True) and distances[0] > distances[-1]  # sharper each time
     assert final.getpixel((5, 5)) == (255, 255, 255)  # the white background of the prompt
     usage = events[-1].usage
-    assert usage.output_tokens == 272 + 3 * 100  # gpt-image-1's table, plus 100 a partial image
+    assert usage.output_tokens == 196 + 3 * 100  # gpt-image-2 low at 1024x1024, plus 100 a partial image
     assert events[-1].model_extra["extra"]["routing"]["attempts"][0]["provider"] == "local"
 
 
