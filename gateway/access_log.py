@@ -50,6 +50,11 @@ class LogLine(msgspec.Struct, omit_defaults=True):
     output_tokens: int | None
     cost_usd: float | None
     cost_unknown_reason: str | None
+    #: Attempts that may have been billed without an answer (gateway/cost.py), and their cost at most.
+    possibly_billed_attempts: int
+    possibly_billed_usd: float | None
+    #: With an Idempotency-Key: new, replayed, or why it was refused (gateway/record.py).
+    idempotency: str | None
     request_bytes: int
     response_bytes: int
     error_code: str | None
@@ -85,6 +90,8 @@ def line_of(record: RequestRecord, prompt: str | None = None) -> LogLine:
         output_tokens=usage.output_tokens if usage is not None else None,
         cost_usd=cost.cost_usd if cost is not None else None,
         cost_unknown_reason=cost.reason if cost is not None else None,
+        possibly_billed_attempts=record.possibly_billed, possibly_billed_usd=record.possibly_billed_usd,
+        idempotency=record.idempotency,
         request_bytes=record.request_bytes, response_bytes=record.response_bytes,
         error_code=record.error_code, prompt=prompt)
 

@@ -131,3 +131,6 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     error_message: str | None = None
     #: What the plugin adjusted to serve the request (a size mapped to an aspect ratio, say).
     notes: list[str] | None = None
+    #: The attempt failed after the whole request reached the upstream, with no answer back (a
+    #: timeout, a reset, a client that left): the upstream may have generated, and billed, it.
+    possibly_billed: bool = False

@@ -17,13 +17,15 @@ from aiohttp import web
 
 from gateway import admin_routes, handlers, metrics, model_routes, openapi
 from gateway.access_log import AccessLog
-from gateway.appkeys import (ACCESS_LOG, BODY, DASHBOARD_SESSIONS, HTTP_CLIENT, LIFECYCLE, LIMIT_HEADERS, LIMITS,
-                             OBSERVERS, PLAN, RECORD, RELOADER, RESOURCES, RUNTIME, RUNTIME_REF, STATS)
+from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT, IDEMPOTENCY,
+                             LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER, RESOURCES, RUNTIME,
+                             RUNTIME_REF, STATS)
 from gateway.config import Config
 from gateway.dashboard import views as dashboard
 from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats
 from gateway.http_client import HTTPClient
+from gateway.idempotency import Keeper, make_store
 from gateway.lifecycle import Lifecycle
 from gateway.limits.backend import make_backend
 from gateway.middleware.admin import admin, admin_port_middleware
@@ -31,6 +33,7 @@ from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body import body_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.identity import identity_middleware
+from gateway.middleware.idempotency import idempotency_middleware
 from gateway.middleware.limits import limits_middleware
 from gateway.middleware.metrics import metrics_middleware
 from gateway.middleware.validation import validation_middleware
@@ -54,12 +57,13 @@ MIDDLEWARES = (
     auth_middleware,        # Authorization: Bearer -> the key's policy, or 401
     identity_middleware,    # x-opengateway-user-id / -session-id -> request record
     body_middleware,        # the image routes' body read (bounded); an edit's images held
+    idempotency_middleware, # Idempotency-Key: a repeat answered from the store; a first run kept
     validation_middleware,  # the body -> ImageRequest -> the request plan, or OpenAI's 4xx
     limits_middleware,      # the key's per-minute, in-flight and spend limits (needs n), or 429
 )
 
 #: Taken out of a request once it has been observed (gateway/observers.py).
-_RELEASED_AFTER_OBSERVING = (RECORD, BODY, PLAN, RUNTIME)
+_RELEASED_AFTER_OBSERVING = (RECORD, BODY, PLAN, RUNTIME, CAPTURE, DETACHED)
 
 
 def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int
@@ -85,12 +89,14 @@ def _process_resources(config: Config, config_path: str | None, timing: RouterTi
         observers = app[OBSERVERS] = Observers(stats, access_log, _RELEASED_AFTER_OBSERVING)
         backend = app[LIMITS] = make_backend(config.limits)
         log.info("limits backend: %s", "memory" if config.limits.backend == "memory" else "redis")
+        keeper = app[IDEMPOTENCY] = Keeper(make_store(backend))
         background = metrics.background(lambda: ref.current)
         try:
             yield
         finally:
             await metrics.stop(background)
             observers.flush()  # what is still queued is observed before the access log closes
+            await keeper.close(server.drain_timeout_s)
             await reloader.close()
             await ref.current.registry.close()
             await backend.close()

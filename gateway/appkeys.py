@@ -4,6 +4,8 @@ The modules imported here hold data and behaviour only; the wiring that reads th
 middleware, handlers) imports this module, never the other way round.
 """
 
+import asyncio
+
 from aiohttp import web
 
 from gateway.access_log import AccessLog
@@ -12,6 +14,7 @@ from gateway.config import KeyConfig
 from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats
 from gateway.http_client import HTTPClient
+from gateway.idempotency import Capture, Keeper
 from gateway.lifecycle import Lifecycle
 from gateway.limits import LimitsBackend
 from gateway.observers import Observers
@@ -37,6 +40,8 @@ STATS = web.AppKey("stats", Stats)
 #: Where finished requests go to be counted, shown and logged (gateway/observers.py).
 OBSERVERS = web.AppKey("observers", Observers)
 DASHBOARD_SESSIONS = web.AppKey("dashboard_sessions", Sessions)
+#: Idempotency keys and their answers (gateway/idempotency.py), in the limits backend's store.
+IDEMPOTENCY = web.AppKey("idempotency", Keeper)
 
 # Request state.
 RECORD = web.RequestKey("record", RequestRecord)
@@ -48,3 +53,8 @@ PRINCIPAL = web.RequestKey("principal", KeyConfig)
 BODY = web.RequestKey("body", Body)
 PLAN = web.RequestKey("plan", Plan)
 LIMIT_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("limit_headers")
+#: A request with an ``Idempotency-Key``: its answer as it is given, to keep for repeats.
+CAPTURE = web.RequestKey("capture", Capture)
+#: Such a request's run, which outlives its client (gateway/middleware/idempotency.py); the
+#: outermost link observes the request when it ends.
+DETACHED: web.RequestKey[asyncio.Task[web.StreamResponse]] = web.RequestKey("detached")

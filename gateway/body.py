@@ -11,7 +11,7 @@ from gateway.uploads import EditInputs
 class Body:
     """A JSON body (``raw``), or a multipart edit (its text ``fields`` and held ``inputs``)."""
 
-    __slots__ = ("raw", "fields", "inputs", "edit")
+    __slots__ = ("raw", "fields", "inputs", "edit", "_holders")
 
     def __init__(self, *, raw: bytes | None = None, fields: dict[str, str] | None = None,
                  inputs: EditInputs | None = None, edit: bool = False) -> None:
@@ -20,6 +20,9 @@ class Body:
         #: An edit's images: read with a multipart body, decoded from data: URLs by validation.
         self.inputs = inputs
         self.edit = edit
+        #: Who still uses the images: the request, and an idempotent request's run that outlives
+        #: its client (gateway/middleware/idempotency.py). The last ``close`` lets them go.
+        self._holders = 1
 
     def fingerprint(self, route: str) -> str:
         """What makes two requests the same request: the route and the body's bytes (a JSON body),
@@ -34,6 +37,10 @@ class Body:
                 digest.update(self.inputs.fingerprint.encode())
         return digest.hexdigest()
 
+    def hold(self) -> None:
+        self._holders += 1
+
     def close(self) -> None:
-        if self.inputs is not None:
+        self._holders -= 1
+        if self._holders == 0 and self.inputs is not None:
             self.inputs.close()

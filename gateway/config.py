@@ -161,6 +161,10 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     retry_statuses: list[Annotated[int, Meta(ge=400, le=599)]] = msgspec.field(
         default_factory=lambda: [408, 429, 500, 502, 503, 504])
     fallback_on_moderation: bool = False
+    #: After an ambiguous failure (the request reached the upstream, no answer came back: it may be
+    #: generating and billing): ``fallback`` tries the next target but never this one again,
+    #: ``retry`` treats it like any retryable failure (may bill twice), ``fail`` answers at once.
+    on_ambiguous: Literal["fallback", "retry", "fail"] = "fallback"
     #: Attempts on one target (the first plus retries) before moving to the next.
     max_attempts_per_target: Annotated[int, Meta(ge=1, le=10)] = 2
     #: Full-jitter backoff between attempts on one target: uniform(0, min(cap, base * 2**retry)).
@@ -169,6 +173,27 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     #: The longest upstream retry-after waited for; a longer one moves to the next target at once.
     max_retry_after_s: Annotated[float, Meta(ge=0)] = 30.0
     breaker: BreakerConfig = BreakerConfig()
+
+
+class IdempotencyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The ``Idempotency-Key`` header on the image routes (gateway/idempotency.py; the README's
+    "Retries and billing"). Keys and answers live where the limits do (``limits.backend``)."""
+
+    enabled: bool = True
+    #: How long a key and its answer are kept (the IETF draft and Stripe: 24 hours).
+    ttl_s: PositiveSeconds = 86_400.0
+    #: An answer larger than this is not kept; a repeat is told so (409), never generated again.
+    max_answer_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    #: Everything kept, answers and 512 bytes a key (per process in memory; in Redis for all).
+    max_total_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
+    #: How long a repeat waits for the first request still in flight; None: ``router.deadline_s``.
+    wait_s: PositiveSeconds | None = None
+    #: A key is held for ``router.deadline_s`` plus this margin; a gateway that dies holding it
+    #: leaves it locked that long.
+    lock_margin_s: PositiveSeconds = 60.0
+    #: The first request's gateway died holding the key: ``fail`` tells repeats the outcome is
+    #: unknown (409, nothing generated again); ``retry`` runs them afresh (may bill twice).
+    on_lost: Literal["fail", "retry"] = "fail"
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -218,6 +243,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Key hashes of admins (dashboard, reload); empty means no admin access.
     admin_keys: list[KeyConfig] = []
     limits: LimitsConfig = LimitsConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
     metrics: MetricsConfig = MetricsConfig()
     dashboard: DashboardConfig = DashboardConfig()
     log: LogConfig = LogConfig()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.api import ImageRequest, Usage
+from typing import Callable, Iterable
+
+from gateway.api import Attempt, ImageRequest, Usage
 from gateway.catalog import Price
 from gateway.tokens import TokenRule, output_tokens
 
@@ -51,6 +53,10 @@ class Cost(msgspec.Struct, frozen=True, omit_defaults=True):
     price_source: str | None
     #: Why ``cost_usd`` is null; absent when it is known.
     reason: str | None = None
+    #: Attempts that failed after their request reached the upstream (it may have generated and
+    #: billed them anyway), and an upper bound of what they may have cost (null: unknown).
+    possibly_billed_attempts: int = 0
+    possibly_billed_usd: float | None = None
 
 
 def tokens_of(usage: Usage) -> Tokens:
@@ -137,3 +143,19 @@ def estimate_usd(request: ImageRequest, price: Price | None, tokens: TokenRule |
         return None
     prompt_tokens = -(-len(request.prompt) // 4)
     return round((out * price.image_output + prompt_tokens * (price.text_input or 0.0)) / 1_000_000, 10)
+
+
+def possibly_billed(attempts: Iterable[Attempt], estimate: Callable[[str], float | None]) -> tuple[int, float | None]:
+    """How many attempts may have been billed without an answer, and an upper bound of their cost
+    (``estimate(model)`` for each; None as soon as one is unknown)."""
+    count, total = 0, 0.0
+    known = True
+    for attempt in attempts:
+        if attempt.possibly_billed:
+            count += 1
+            usd = estimate(attempt.model)
+            if usd is None:
+                known = False
+            else:
+                total += usd
+    return count, (round(total, 10) if known and count else None)

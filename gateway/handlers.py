@@ -10,8 +10,8 @@ from aiohttp import web
 
 from gateway import streaming
 from gateway.api import Usage
-from gateway.appkeys import LIFECYCLE, PLAN, RECORD, RUNTIME
-from gateway.cost import model_cost
+from gateway.appkeys import CAPTURE, LIFECYCLE, PLAN, RECORD, RUNTIME
+from gateway.cost import estimate_usd, model_cost, possibly_billed
 from gateway.errors import GatewayError
 from gateway.middleware import public
 from gateway.middleware.body import expects_edit_request, expects_images_request
@@ -32,6 +32,14 @@ async def create_image(request: web.Request) -> web.StreamResponse:
         # The router appends to record.attempts, so a failed request's attempts are recorded too.
         routed = await runtime.router.walk(plan.request, plan.candidates, plan.deadline_s, record.attempts,
                                            plan.inputs)
+    except GatewayError as exc:
+        if _doubt(runtime, plan, record) and exc.extra is not None:
+            exc.extra["usage"] = {"possibly_billed_attempts": record.possibly_billed,
+                                  "possibly_billed_usd": record.possibly_billed_usd}
+        raise
+    except asyncio.CancelledError:  # the client left: the attempt cut short may have been billed
+        _doubt(runtime, plan, record)
+        raise
     finally:
         record.upstream_s = time.perf_counter() - started
     target = routed.target
@@ -50,10 +58,24 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     record.images = len(routed.parsed.data)
     record.tokens, record.cost = model_cost(record.usage, served.price, served.price_source, served.id,
                                             record.images, routed.result.output_megapixels)
+    if _doubt(runtime, plan, record):
+        record.cost = msgspec.structs.replace(record.cost, possibly_billed_attempts=record.possibly_billed,
+                                              possibly_billed_usd=record.possibly_billed_usd)
     extra_out = {"routing": {"attempts": routed.attempts}, "usage": record.cost}  # Structs encode as they are
     response = await images_response(request, routed.result.body, routed.parsed, extra_out, headers)
     record.response_bytes = response.content_length or 0
     return response
+
+
+def _doubt(runtime: Runtime, plan: Plan, record: RequestRecord) -> int:
+    """The attempts that may have been billed without an answer (gateway/cost.py), on the record."""
+    models = runtime.registry.models
+
+    def estimate(model: str) -> float | None:
+        route = models.get(model)
+        return estimate_usd(plan.request, route.price, route.tokens) if route is not None else None
+    record.possibly_billed, record.possibly_billed_usd = possibly_billed(record.attempts, estimate)
+    return record.possibly_billed
 
 
 @expects_edit_request
@@ -67,12 +89,13 @@ async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: Req
     """A streaming answer (gateway/streaming.py): the first event is in hand, the rest follow.
     Usage, cost and the record settle from the completed events."""
     record.stream = True
-    response = await streaming.open_stream(request, headers)
+    out = await streaming.Out.open(request, headers, request.get(CAPTURE))
     record.first_event_s = routed.first_event_at - record.arrived_at
     usage: Usage | None = None
     written = 0
     event = routed.first
     rest = runtime.router.follow(routed)
+    doubt = _doubt(runtime, plan, record)  # attempts before this one that may have been billed
     try:
         while event is not None:
             head = streaming.read_event(event)
@@ -82,35 +105,44 @@ async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: Req
                 record.usage = usage
                 record.tokens, record.cost = model_cost(usage, served.price, served.price_source, served.id,
                                                         record.images)
+                if doubt:
+                    record.cost = msgspec.structs.replace(record.cost, possibly_billed_attempts=doubt,
+                                                          possibly_billed_usd=record.possibly_billed_usd)
                 extra = {"routing": {"attempts": routed.attempts}, "usage": record.cost}
-                written += await streaming.write_event(response, event.type, event.data, extra)
+                written += await out.event(event.type, event.data, extra, keep=True)
             else:
                 record.partial_images += 1
-                written += await streaming.write_event(response, event.type, event.data)
+                written += await out.event(event.type, event.data)
             event = await anext(rest, None)
     except ProviderError as exc:  # an invalid event: the upstream's fault, after the stream began
         await rest.aclose()
         attempt = routed.attempt
         attempt.status, attempt.http_status, attempt.error_code = "failed", exc.status, exc.code
         attempt.error_message = runtime.redactor(exc.message)
-        written += await _stream_error(response, record, GatewayError(
+        attempt.possibly_billed = True
+        _doubt(runtime, plan, record)
+        written += await _stream_error(out, record, GatewayError(
             f"The stream failed after it started: {attempt.error_message}", status=502, code=exc.code),
             routed)
     except GatewayError as exc:
-        written += await _stream_error(response, record, exc, routed)
+        _doubt(runtime, plan, record)  # the attempt that broke off may have been billed
+        written += await _stream_error(out, record, exc, routed)
     except (asyncio.CancelledError, ConnectionResetError):
         await rest.aclose()
         raise
     record.response_bytes = written
-    await response.write_eof()
-    return response
+    await out.end()
+    return out.response
 
 
-async def _stream_error(response: web.StreamResponse, record: RequestRecord, error: GatewayError,
+async def _stream_error(out: streaming.Out, record: RequestRecord, error: GatewayError,
                         routed: Routed) -> int:
     record.error_code = error.code
-    return await streaming.write_error(response, error, {"routing": {"attempts": routed.attempts},
-                                                          "usage": record.cost})
+    usage: object = record.cost
+    if record.possibly_billed:
+        usage = {**msgspec.to_builtins(record.cost or {}), "possibly_billed_attempts": record.possibly_billed,
+                 "possibly_billed_usd": record.possibly_billed_usd}
+    return await out.error(error, {"routing": {"attempts": routed.attempts}, "usage": usage})
 
 
 @public

@@ -360,6 +360,18 @@ class BodyStream:
         conn.pool._release(conn, reuse=read_to_end and conn.reusable())
 
 
+def mark_sent(exc: BaseException) -> None:
+    """Mark a failure that came after the whole request was sent: the upstream may have taken it
+    and be working (and billing) on it. The timeout of the whole call (TimeoutError, raised by
+    ``asyncio.timeout`` around the wait) is marked by the caller."""
+    if isinstance(exc, Exception):
+        exc.after_send = True  # type: ignore[attr-defined]
+
+
+def was_sent(exc: BaseException) -> bool:
+    return bool(getattr(exc, "after_send", False))
+
+
 def _expire(waiter: asyncio.Future[object]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -446,16 +458,20 @@ class HTTPClient:
         waiter = conn.waiter = loop.create_future()
         # A timer handle on the answer's future is cheaper than a Timeout context per request.
         timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+        sent = False
         try:
             assert conn.transport is not None
             conn.transport.write(request)
             if payload is not None:  # a large body (an edit's images): sent with backpressure
                 async with asyncio.timeout_at(deadline):
                     await conn.send(payload)
+            sent = True
             result = await waiter
-        except BaseException:
+        except BaseException as exc:
             conn.waiter = None
             self._release(conn, reuse=False)
+            if sent:
+                mark_sent(exc)
             raise
         finally:
             if timer is not None:
@@ -480,15 +496,19 @@ class HTTPClient:
             sink = conn.sink = BodyStream(conn)
             waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], BodyStream]] = loop.create_future()
             conn.waiter = waiter
+            sent = False
             try:
                 assert conn.transport is not None
                 conn.transport.write(request)
                 if payload is not None:
                     await conn.send(payload)
+                sent = True
                 status, answer_headers, _ = await waiter
-            except BaseException:
+            except BaseException as exc:
                 conn.sink, conn.waiter = None, None
                 self._release(conn, reuse=False)
+                if sent:
+                    mark_sent(exc)
                 raise
         if any(name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
                for name, value in answer_headers.items()):

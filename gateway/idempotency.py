@@ -3,7 +3,7 @@
 Semantics (the IETF draft draft-ietf-httpapi-idempotency-key-header and Stripe's practice), per
 gateway key and route:
 
-- the first request with a key takes it (``begin``), runs, and its answer is stored (status, the
+- the first request with a key takes it (``begin``), runs, and its answer is kept (status, the
   headers that matter, body) for ``idempotency.ttl_s``; a repeat with the same key and the same
   request (the fingerprint of the route and body, an edit's files included) gets that answer with
   ``idempotent-replayed: true``, and no upstream is called;
@@ -11,38 +11,43 @@ gateway key and route:
   default the router's deadline) and gets the same answer; it never starts a second call. Past the
   wait it gets the draft's 409;
 - the same key with another request is refused: 422 ``idempotency_key_reused``;
-- a client error is stored too (a retry gets the same 400), and so is every answer that followed
-  an upstream call; a failure of the gateway itself before any upstream call is not stored (the
-  key is let go, a retry runs afresh);
+- what is kept (``keeps``): a success, a client error (a retry gets the same 400), and anything
+  after an attempt that may have been billed. What is let go, so that a retry runs afresh: a
+  transient failure after which nothing can have been billed (the gateway's own failure before
+  any upstream call, a rate limit, upstreams that all refused);
 - the first request's gateway dies holding the key: its lock expires (the router's deadline plus
   a margin), and a repeat is told the outcome is unknown and may have been billed (409
   ``idempotency_key_in_doubt``), unless the operator set ``on_lost: retry``.
 
-An answer larger than ``max_answer_bytes`` (or, in memory, past ``max_total_bytes`` for all) is
-not kept: what is kept says so, and a repeat gets 409 ``idempotency_answer_not_kept`` instead of a
-second generation. The stores: ``MemoryStore`` (one process; this module) and ``RedisStore``
-(every worker and replica sharing the limits backend's Redis: gateway/idempotency_redis.py).
+Bounds: an answer larger than ``max_answer_bytes``, or one that would take the store past
+``max_total_bytes``, is not kept: what is kept says it was given, and a repeat gets 409
+``idempotency_answer_not_kept``, never a second generation. A store at its bound refuses new keys
+(503 ``idempotency_store_full``) rather than serve them without the guarantee. The stores:
+``MemoryStore`` (one process; this module) and ``RedisStore`` (every worker and replica sharing the
+limits backend's Redis: gateway/idempotency_redis.py).
 """
-
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import re
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Coroutine, Mapping, NamedTuple, Protocol
 
 import msgspec
+from aiohttp import web
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.limits import LimitsBackend
 
 HEADER = "Idempotency-Key"
 REPLAYED = "idempotent-replayed"
 #: A key: what the draft's examples use (a UUID, random letters), bounded; quoted (an sf-string) or not.
-_KEY = re.compile(r'^"?([A-Za-z0-9_\-.:~+/=]{1,255})"?$')
+_KEY = re.compile(r'^(?:"([A-Za-z0-9_\-.:~+/=]{1,255})"|([A-Za-z0-9_\-.:~+/=]{1,255}))$')
 #: Headers of an answer worth giving a repeat (the rest is made anew, x-request-id included).
-KEPT_HEADERS = ("content-type", "retry-after", "x-should-retry", "x-upstream-request-id", "openai-processing-ms",
-                "www-authenticate")
+KEPT_HEADERS = frozenset(("content-type", "retry-after", "x-should-retry", "x-upstream-request-id",
+                          "openai-processing-ms"))
 
 
 class Stored(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -62,25 +67,51 @@ class Stored(msgspec.Struct, kw_only=True, omit_defaults=True):
 class Begin(msgspec.Struct, kw_only=True):
     """What ``Store.begin`` found: ``new`` (the key is ours now), ``replay`` (``stored`` is the
     answer), ``in_flight`` (the first is still running), ``mismatch`` (another request used the
-    key), ``lost`` (the first's gateway died: its outcome is unknown)."""
+    key), ``lost`` (the first's gateway died: its outcome is unknown), ``full`` (the store is at
+    its bound: the request is refused rather than run without the guarantee)."""
 
     state: str
     stored: Stored | None = None
 
 
-class Store(Protocol):
-    async def begin(self, key: str, fingerprint: str, owner: str, lock_s: float, ttl_s: float,
-                    take_lost: bool) -> Begin:
-        """Atomically: the key's stored answer, or its state, or take it (``owner`` holds it for
-        ``lock_s``; the record lives ``ttl_s``). ``take_lost``: take a lost key over."""
+class Terms(NamedTuple):
+    """One request's terms, from the configuration it is served with (``idempotency``)."""
 
-    async def finish(self, key: str, owner: str, stored: Stored, ttl_s: float) -> None:
-        """Store the answer of the request that holds the key, and let the key go."""
+    #: How long the key is held by its first request before it counts as lost.
+    lock_s: float
+    #: How long the key and its answer are kept.
+    ttl_s: float
+    #: A lost key is taken over (``on_lost: retry``) rather than answered as in doubt.
+    take_lost: bool
+    #: The bound on everything the store keeps (answers, and ``ENTRY_BYTES`` a key).
+    max_total_bytes: int
+
+
+#: What a key costs the store besides its answer (its record, in memory or Redis), counted
+#: against ``max_total_bytes`` so that many small answers are bounded too.
+ENTRY_BYTES = 512
+
+
+class Store(Protocol):
+    async def begin(self, key: str, fingerprint: str, owner: str, terms: Terms) -> Begin:
+        """Atomically: the key's stored answer, or its state, or take it (``owner`` holds it for
+        ``terms.lock_s``)."""
+
+    async def finish(self, key: str, owner: str, stored: Stored, terms: Terms) -> None:
+        """Keep the answer of the request that holds the key, and let the key go. An answer past
+        ``terms.max_total_bytes`` is kept as a note that it was given (``kept=False``)."""
 
     async def abandon(self, key: str, owner: str) -> None:
-        """Let the key go without an answer (the gateway failed before any upstream call)."""
+        """Let the key go without an answer (nothing can have been billed; a retry runs afresh)."""
+
+    async def wait(self, key: str, timeout_s: float) -> None:
+        """Return when the key's request may have finished, or after ``timeout_s``."""
 
     async def close(self) -> None: ...
+
+
+class StoreUnavailable(Exception):
+    """The store (Redis) could not be reached in time."""
 
 
 def parse_key(value: str) -> str:
@@ -90,7 +121,7 @@ def parse_key(value: str) -> str:
         raise InvalidRequest(
             f"Invalid {HEADER} header: expected 1 to 255 characters of letters, digits and - _ . : ~ + / =, "
             "optionally in double quotes (a UUID is recommended).", param=HEADER, code="invalid_idempotency_key")
-    return match.group(1)
+    return match.group(1) or match.group(2)
 
 
 def mismatch() -> GatewayError:
@@ -119,74 +150,192 @@ def not_kept() -> GatewayError:
                         headers={"x-should-retry": "false"})
 
 
+def unavailable() -> GatewayError:
+    return GatewayError(f"Requests with an {HEADER} cannot be served right now: the store that keeps their "
+                        "answers is unreachable. Nothing was generated; retry with the same key.", status=503,
+                        type="server_error", code="idempotency_unavailable", headers={"retry-after": "1"})
+
+
+def full() -> GatewayError:
+    return GatewayError(f"Requests with an {HEADER} cannot be served right now: the answers kept for repeats "
+                        "have reached idempotency.max_total_bytes. Nothing was generated; retry later.",
+                        status=503, type="server_error", code="idempotency_store_full", headers={"retry-after": "60"})
+
+
+def not_kept_note(stored: Stored) -> Stored:
+    """What is kept of an answer too large to keep: that it was given."""
+    return Stored(status=stored.status, stream=stored.stream, kept=False, request_id=stored.request_id)
+
+
+def scope(key_name: str, route: str, key: str) -> str:
+    """Where a key lives: keys are per gateway key and route (two keys' clients never collide)."""
+    return hashlib.sha256(f"{key_name}\0{route}\0{key}".encode()).hexdigest()
+
+
+def keeps(status: int, possibly_billed: int) -> bool:
+    """Whether an answer is kept for repeats. Kept: a success, a client error, and anything after
+    an attempt that may have been billed. Let go (a retry runs afresh): a transient failure after
+    which nothing can have been billed (the gateway's own failure before any upstream call, a
+    rate limit, every upstream refusing at once)."""
+    if possibly_billed or status < 400:
+        return True
+    return status < 500 and status not in (408, 409, 429)
+
+
+class Capture:
+    """The answer being given, as it is given: the image routes' writers add to it (gateway/
+    response.py for a large body, the stream relay for completed and error events) when the
+    request has a key; a small body is taken from the response itself. Past ``max_bytes`` only
+    that an answer was given is kept."""
+
+    __slots__ = ("max_bytes", "status", "headers", "parts", "size", "stream")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.parts: list[bytes] | None = []
+        self.size = 0
+        self.stream = False
+
+    def start(self, status: int, headers: Mapping[str, str], stream: bool = False) -> None:
+        self.status = status
+        self.headers = kept_headers(headers)
+        self.stream = stream
+
+    def add(self, *parts: bytes | memoryview) -> None:
+        if self.parts is None:
+            return
+        self.size += sum(len(p) for p in parts)
+        if self.size > self.max_bytes:
+            self.parts = None  # too large: let go of what was kept
+            return
+        self.parts.extend(bytes(p) for p in parts)
+
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
+    def answer(self, request_id: str) -> Stored:
+        stored = Stored(status=self.status, headers=self.headers, stream=self.stream, request_id=request_id)
+        if self.parts is None:
+            return not_kept_note(stored)
+        stored.body = b"".join(self.parts)
+        return stored
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items() if name.lower() in KEPT_HEADERS}
+
+
+def answer_of(response: web.StreamResponse, request_id: str, max_bytes: int) -> Stored | None:
+    """A whole answer (not streamed) as it is kept; None when the response was written as it went
+    (its writer filled a ``Capture``)."""
+    if not isinstance(response, web.Response) or response.body is None:
+        return None
+    body = response.body
+    if not isinstance(body, (bytes, bytearray)):
+        return None
+    stored = Stored(status=response.status, headers=kept_headers(response.headers), body=bytes(body),
+                    request_id=request_id)
+    return stored if len(body) <= max_bytes else not_kept_note(stored)
+
+
+def error_answer(error: GatewayError, request_id: str, max_bytes: int) -> Stored:
+    response = error.to_response()
+    stored = answer_of(response, request_id, max_bytes)
+    assert stored is not None
+    return stored
+
+
+def replay(stored: Stored) -> web.Response:
+    """A kept answer as a repeat gets it; an answer that was not kept is the 409 that says so."""
+    if not stored.kept:
+        raise not_kept()
+    headers = {**stored.headers, REPLAYED: "true"}
+    if stored.stream:
+        headers.setdefault("content-type", "text/event-stream")
+        headers["cache-control"] = "no-cache"
+    return web.Response(status=stored.status, body=stored.body, headers=headers)
+
+
 class _Entry:
     __slots__ = ("fingerprint", "owner", "lock_until", "expires_at", "stored", "done", "size")
 
-    def __init__(self, fingerprint: str, owner: str, lock_until: float, expires_at: float) -> None:
+    def __init__(self, fingerprint: str, owner: str, lock_until: float, expires_at: float, size: int) -> None:
         self.fingerprint = fingerprint
         self.owner = owner
         self.lock_until = lock_until
         self.expires_at = expires_at
         self.stored: Stored | None = None
         self.done = asyncio.Event()
-        self.size = 0
+        self.size = size
 
 
 class MemoryStore:
     """One process's keys; with several workers or replicas use Redis (``limits.backend``)."""
 
-    def __init__(self, max_total_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_total_bytes = max_total_bytes
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        #: In the order of their last change: with one ttl they also expire in that order (one
+        #: that outlives a shorter ttl set by a reload waits a little longer).
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._bytes = 0
 
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
     def _expire(self, now: float) -> None:
-        # Entries are kept in the order they were begun; with one ttl they expire in that order,
-        # and one that outlives a shorter ttl set by a reload only waits a little longer.
         while self._entries:
             key, entry = next(iter(self._entries.items()))
             if entry.expires_at > now:
                 break
-            del self._entries[key]
-            self._bytes -= entry.size
+            self._drop(key)
 
-    async def begin(self, key: str, fingerprint: str, owner: str, lock_s: float, ttl_s: float,
-                    take_lost: bool) -> Begin:
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= entry.size
+        entry.done.set()
+
+    async def begin(self, key: str, fingerprint: str, owner: str, terms: Terms) -> Begin:
         now = self._clock()
         self._expire(now)
         entry = self._entries.get(key)
-        if entry is not None and entry.fingerprint != fingerprint:
-            return Begin(state="mismatch")
-        if entry is not None and entry.stored is not None:
-            return Begin(state="replay", stored=entry.stored)
-        if entry is not None and entry.lock_until > now:
-            return Begin(state="in_flight")
-        if entry is not None and not take_lost:
-            return Begin(state="lost")
-        self._entries.pop(key, None)
-        self._entries[key] = _Entry(fingerprint, owner, now + lock_s, now + ttl_s)
+        if entry is not None:
+            if entry.fingerprint != fingerprint:
+                return Begin(state="mismatch")
+            if entry.stored is not None:
+                return Begin(state="replay", stored=entry.stored)
+            if entry.lock_until > now:
+                return Begin(state="in_flight")
+            if not terms.take_lost:
+                return Begin(state="lost")
+            self._drop(key)
+        size = ENTRY_BYTES + len(key)
+        if self._bytes + size > terms.max_total_bytes:
+            return Begin(state="full")
+        self._entries[key] = _Entry(fingerprint, owner, now + terms.lock_s, now + terms.ttl_s, size)
+        self._bytes += size
         return Begin(state="new")
 
-    async def finish(self, key: str, owner: str, stored: Stored, ttl_s: float) -> None:
+    async def finish(self, key: str, owner: str, stored: Stored, terms: Terms) -> None:
         entry = self._entries.get(key)
         if entry is None or entry.owner != owner:
             return
-        size = len(stored.body)
-        if self._bytes + size > self.max_total_bytes and stored.kept:
-            stored = Stored(status=stored.status, stream=stored.stream, kept=False, request_id=stored.request_id)
-            size = 0
-        entry.stored, entry.size = stored, size
-        entry.expires_at = self._clock() + ttl_s
+        if stored.kept and self._bytes + len(stored.body) > terms.max_total_bytes:
+            stored = not_kept_note(stored)
+        entry.stored = stored
+        entry.size += len(stored.body)
+        self._bytes += len(stored.body)
+        entry.expires_at = self._clock() + terms.ttl_s
         self._entries.move_to_end(key)
-        self._bytes += size
         entry.done.set()
 
     async def abandon(self, key: str, owner: str) -> None:
         entry = self._entries.get(key)
         if entry is not None and entry.owner == owner and entry.stored is None:
-            del self._entries[key]
-            entry.done.set()
+            self._drop(key)
 
     async def wait(self, key: str, timeout_s: float) -> None:
         """Until the key's request finishes or lets go (or ``timeout_s``): waiters need not poll."""
@@ -201,3 +350,43 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._entries.clear()
+        self._bytes = 0
+
+
+class Keeper:
+    """The process's store, and the keyed requests that outlive their clients: a client that times
+    out and retries must find its first request still running (its repeat waits for the answer),
+    not cancelled half-way with its image billed and lost."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._detached: set[asyncio.Task[web.StreamResponse]] = set()
+
+    def detach(self, run: Coroutine[Any, Any, web.StreamResponse]) -> asyncio.Task[web.StreamResponse]:
+        task = asyncio.get_running_loop().create_task(run)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        return task
+
+    async def close(self, timeout_s: float) -> None:
+        """At exit: the detached requests get ``timeout_s`` to finish (the server's drain), then
+        are cancelled (their keys are settled as they end)."""
+        if self._detached:
+            _, pending = await asyncio.wait(set(self._detached), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.store.close()
+
+
+def make_store(limits: LimitsBackend) -> Store:
+    """Where keys live: with the limits (``limits.backend``): in this process's memory, or in the
+    Redis every worker and replica shares (through the limits backend's client)."""
+    from gateway.limits.memory import MemoryBackend
+    if isinstance(limits, MemoryBackend):
+        return MemoryStore()
+    from gateway.idempotency_redis import RedisStore
+    from gateway.limits.redis_backend import RedisBackend
+    assert isinstance(limits, RedisBackend)
+    return RedisStore(limits.client, limits.prefix, limits.call_timeout_s)

@@ -126,6 +126,19 @@ STREAM_DURATION = Histogram(
 STREAM_PARTIAL_IMAGES = Counter(
     "opengateway_stream_partial_images", "Partial images relayed to streaming clients.",
     ["gen_ai_response_model", "gen_ai_provider_name"])
+POSSIBLY_BILLED = Counter(
+    "opengateway_possibly_billed_attempts",
+    "Upstream attempts that failed after the request was sent (a timeout or a lost connection): the "
+    "upstream may have generated, and billed, an image no client got.",
+    ["gen_ai_provider_name", "cloud_region", "gen_ai_request_model"])
+POSSIBLY_BILLED_USD = Counter(
+    "opengateway_possibly_billed_usd",
+    "An upper bound of what the possibly billed attempts cost, in US dollars (the request's estimate each).",
+    ["gen_ai_request_model"])
+IDEMPOTENT_REQUESTS = Counter(
+    "opengateway_idempotent_requests",
+    "Requests with an Idempotency-Key, by outcome: new (ran), replayed (answered from the store), or "
+    "refused (mismatch, in_flight, lost, full, unavailable).", ["outcome"])
 RATE_LIMITED = Counter(
     "opengateway_rate_limited", "Requests refused by a key's limit, by the limit that refused them.",
     ["limit", "key_name"])
@@ -170,6 +183,9 @@ _breaker: Children[Any] = Children(BREAKER_STATE)
 _first_event: Children[Any] = Children(STREAM_FIRST_EVENT)
 _stream_duration: Children[Any] = Children(STREAM_DURATION)
 _partials: Children[Any] = Children(STREAM_PARTIAL_IMAGES)
+_possibly_billed: Children[Any] = Children(POSSIBLY_BILLED)
+_possibly_billed_usd: Children[Any] = Children(POSSIBLY_BILLED_USD)
+_idempotent: Children[Any] = Children(IDEMPOTENT_REQUESTS)
 
 _Series = tuple[Children[Any], tuple[str, ...]]
 
@@ -256,6 +272,12 @@ def observe(record: RequestRecord, key_label: bool) -> None:
         batch.inc(_attempts, labels)
         if attempt.status != "skipped":
             batch.observe(_attempt_duration, labels, attempt.latency_ms / 1000)
+        if attempt.possibly_billed:
+            batch.inc(_possibly_billed, labels[:3])
+    if record.possibly_billed_usd:
+        batch.inc(_possibly_billed_usd, (model,), record.possibly_billed_usd)
+    if record.idempotency is not None:
+        batch.inc(_idempotent, (record.idempotency,))
     if record.stream:
         if record.first_event_s is not None:
             batch.observe(_first_event, (route, model), record.first_event_s)

@@ -11,7 +11,9 @@ class ProviderError(Exception):
     refused or reset). ``message``, ``type``, ``code`` and ``param`` are the error in OpenAI's
     shape, already translated from the upstream's dialect. ``retryable`` None lets the router
     decide from ``status``; ``retry_after_s`` carries the upstream's ``retry-after`` /
-    ``retry-after-ms``. ``timeout`` marks an upstream that did not answer in time.
+    ``retry-after-ms``. ``timeout`` marks an upstream that did not answer in time. ``ambiguous``
+    marks a failure after the whole request reached the upstream with no answer back (a timeout, a
+    reset): the upstream may be generating, and billing, the images anyway.
     """
 
     def __init__(
@@ -25,6 +27,7 @@ class ProviderError(Exception):
         retryable: bool | None = None,
         retry_after_s: float | None = None,
         timeout: bool = False,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -35,6 +38,7 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.timeout = timeout
+        self.ambiguous = ambiguous
 
     def __repr__(self) -> str:
         return f"ProviderError(status={self.status}, code={self.code!r}, message={self.message!r})"

@@ -42,6 +42,12 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     stream: bool = False
     first_event_s: float | None = None
     partial_images: int = 0
+    #: Attempts that may have been billed without an answer, and an upper bound of their cost.
+    possibly_billed: int = 0
+    possibly_billed_usd: float | None = None
+    #: With an Idempotency-Key: ``new`` (ran), ``replayed``, or why it was refused (``mismatch``,
+    #: ``in_flight``, ``lost``, ``full``, ``unavailable``); None without one.
+    idempotency: str | None = None
     request_bytes: int = 0
     response_bytes: int = 0
     status: int = 0

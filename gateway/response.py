@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.api import UpstreamImagesResponse
+from gateway.appkeys import CAPTURE
 
 _STREAM_ABOVE_BYTES = 65_536
 _JSON = "application/json"
@@ -32,6 +33,10 @@ async def images_response(request: web.Request, body: bytes, parsed: UpstreamIma
     response = web.StreamResponse(headers=headers)
     response.content_type = _JSON
     response.content_length = end + len(tail)
+    capture = request.get(CAPTURE)
+    if capture is not None:  # kept before it is written: a client gone mid-way loses nothing
+        capture.start(200, response.headers)
+        capture.add(memoryview(body)[:end], tail)
     await response.prepare(request)
     await response.write(memoryview(body)[:end])
     await response.write(tail)

@@ -221,10 +221,18 @@ class Router:
         except ProviderError as exc:
             now = clock()
             self._scrub(exc, target)
-            walk.attempts.append(_attempt(target, "timeout" if exc.timeout else "failed", now - started,
-                                          exc.status, exc.code, exc.message, call.notes))
+            attempt = _attempt(target, "timeout" if exc.timeout else "failed", now - started,
+                               exc.status, exc.code, exc.message, call.notes)
+            attempt.possibly_billed = exc.ambiguous
+            walk.attempts.append(attempt)
             walk.errors.append(exc)
             kind = self._classify(exc)
+            if exc.ambiguous and self.config.on_ambiguous != "retry":
+                # The upstream may be generating (and billing) already: no second call to it.
+                breaker.failed(now)
+                if self.config.on_ambiguous == "fail":
+                    raise self._failure(walk, deadline_passed=False)
+                return None  # "fallback": the next target, never this one again
             if kind == _TERMINAL:
                 breaker.released(probe)
                 raise _terminal(exc, walk.attempts) from None
@@ -237,7 +245,14 @@ class Router:
                 if not_before is not None:
                     walk.retries.append((candidate, not_before))
             return None
-        except BaseException:  # cancelled (the client left) or a plugin's bug
+        except asyncio.CancelledError:  # the client left: the call is abandoned, perhaps after it was sent
+            breaker.released(probe)
+            attempt = _attempt(target, "cancelled", clock() - started, code="client_disconnected",
+                               message="The client went away; the upstream call was cancelled.", notes=call.notes)
+            attempt.possibly_billed = True
+            walk.attempts.append(attempt)
+            raise
+        except BaseException:  # a plugin's bug
             breaker.released(probe)
             raise
         breaker.succeeded()
@@ -286,9 +301,9 @@ class Router:
                 async with asyncio.timeout(call.timeout_s):  # a backstop for a plugin that may ignore it
                     result = await (provider.generate(request, call) if inputs is None
                                     else provider.edit(request, inputs, call))
-        except TimeoutError:
+        except TimeoutError:  # the router's own backstop: the plugin's call may well have been sent
             raise ProviderError(f"The upstream did not answer within {call.timeout_s:.3g} s.",
-                                code="timeout", timeout=True, retryable=True) from None
+                                code="timeout", timeout=True, retryable=True, ambiguous=True) from None
         except StopAsyncIteration:
             raise ProviderError("The upstream ended its stream before sending any event.", status=502,
                                 code="invalid_upstream_response", retryable=True) from None
@@ -330,12 +345,14 @@ class Router:
         except ProviderError as exc:
             self._scrub(exc, routed.target)
             attempt.status = "timeout" if exc.timeout else "failed"
+            attempt.possibly_billed = True  # the image was under way: it may be finished and billed
             attempt.http_status, attempt.error_code, attempt.error_message = exc.status, exc.code, exc.message
             self.breaker(routed.target).failed(self.clock())
             raise UpstreamError(f"The stream failed after it started: {exc.message}",
                                 code=exc.code or "stream_failed", extra=_routing(routed.attempts)) from None
         except (asyncio.CancelledError, GeneratorExit):
             attempt.status, attempt.error_code = "cancelled", "client_disconnected"
+            attempt.possibly_billed = True
             attempt.error_message = "The client went away mid-stream; the upstream call was cancelled."
             raise
         finally:

@@ -16,13 +16,14 @@ image (the usage on the last), and its attempt says that partial images were not
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Awaitable, Iterable
 
 import msgspec
 from aiohttp import web
 
 from gateway.api import Usage, UpstreamImagesResponse
 from gateway.errors import GatewayError
+from gateway.idempotency import Capture
 from gateway.provider import ImageResult, ProviderError, StreamEvent
 from gateway.upstream import skeleton
 
@@ -105,35 +106,67 @@ def _sum(a: dict[str, object], b: dict[str, object]) -> dict[str, object]:
     return out
 
 
-async def open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
-    await response.prepare(request)
-    return response
+class Out:
+    """A stream's way to its client, and into the kept answer when the request has an
+    ``Idempotency-Key`` (gateway/idempotency.py keeps its completed and error events). A client
+    that goes away ends the writing; with a key the relay reads on, so that its repeat gets the
+    completed image instead of a second generation."""
 
+    __slots__ = ("response", "capture", "gone")
 
-async def write_event(response: web.StreamResponse, event_type: str, data: bytes,
-                      extra: object | None = None) -> int:
-    """One event; with ``extra`` spliced into its data. The bytes written."""
-    head = b"event: " + event_type.encode() + b"\ndata: "
-    if extra is not None:
-        end = data.rfind(b"}")
-        tail = b',"extra":' + msgspec.json.encode(extra) + b"}\n\n"
-        body = memoryview(data)[:end]
-    else:
-        tail, body = b"\n\n", memoryview(data)
-    if len(data) < _JOIN_BELOW_BYTES:
-        await response.write(b"".join((head, body, tail)))
-    else:
-        await response.write(head)
-        await response.write(body)
-        await response.write(tail)
-    return len(head) + len(body) + len(tail)
+    def __init__(self, response: web.StreamResponse, capture: Capture | None) -> None:
+        self.response = response
+        self.capture = capture
+        self.gone = False
 
+    @classmethod
+    async def open(cls, request: web.Request, headers: dict[str, str], capture: Capture | None) -> Out:
+        response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
+        out = cls(response, capture)
+        if capture is not None:
+            capture.start(200, response.headers, stream=True)
+        await out._guard(response.prepare(request))
+        return out
 
-async def write_error(response: web.StreamResponse, error: GatewayError, extra: object) -> int:
-    """The error event that ends a stream: OpenAI's error object with the gateway's ``extra`` in
-    it, so that the SDKs, which raise with that object as the body, carry the attempts along."""
-    obj = error.to_body().error
-    data = msgspec.json.encode({"type": "error", "error": {
-        "message": obj.message, "type": obj.type, "param": obj.param, "code": obj.code, "extra": extra}})
-    return await write_event(response, "error", data)
+    async def event(self, event_type: str, data: bytes, extra: object | None = None, keep: bool = False) -> int:
+        """One event, with ``extra`` spliced into its data; ``keep``: part of the kept answer. The
+        bytes written."""
+        head = b"event: " + event_type.encode() + b"\ndata: "
+        if extra is not None:
+            end = data.rfind(b"}")
+            parts: tuple[bytes | memoryview, ...] = (
+                head, memoryview(data)[:end], b',"extra":' + msgspec.json.encode(extra) + b"}\n\n")
+        else:
+            parts = (head, memoryview(data), b"\n\n")
+        if keep and self.capture is not None:
+            self.capture.add(*parts)
+        if self.gone:
+            return 0
+        write = self.response.write
+        if len(data) < _JOIN_BELOW_BYTES:
+            await self._guard(write(b"".join(parts)))
+        else:
+            for part in parts:
+                if not self.gone:
+                    await self._guard(write(part))
+        return sum(len(part) for part in parts)
+
+    async def error(self, error: GatewayError, extra: object) -> int:
+        """The error event that ends a stream: OpenAI's error object with the gateway's ``extra``
+        in it, so that the SDKs, which raise with that object as the body, carry the attempts along."""
+        obj = error.to_body().error
+        data = msgspec.json.encode({"type": "error", "error": {
+            "message": obj.message, "type": obj.type, "param": obj.param, "code": obj.code, "extra": extra}})
+        return await self.event("error", data, keep=True)
+
+    async def end(self) -> None:
+        if not self.gone:
+            await self._guard(self.response.write_eof())
+
+    async def _guard(self, write: Awaitable[object]) -> None:
+        try:
+            await write
+        except ConnectionResetError:
+            if self.capture is None:
+                raise
+            self.gone = True

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 
-from gateway.http_client import BodyStream, HTTPClient, Payload, ResponseTooLarge, UpstreamProtocolError
+from gateway.http_client import BodyStream, HTTPClient, Payload, ResponseTooLarge, UpstreamProtocolError, was_sent
 from gateway.provider_error import ProviderError
 from gateway.sse import sse_events
 
@@ -36,17 +36,20 @@ def _mapped(upstream: str, timeout_s: float | None) -> Iterator[None]:
     except ResponseTooLarge as exc:
         size = f" ({exc.size} bytes)" if exc.size is not None else ""
         raise ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
-                            status=502, code="upstream_response_too_large", retryable=False) from None
-    except asyncio.TimeoutError:
+                            status=502, code="upstream_response_too_large", retryable=False,
+                            ambiguous=True) from None  # it did generate: it answered
+    except asyncio.TimeoutError as exc:
         within = f" within {timeout_s:.3g} s" if timeout_s is not None else " in time"
         raise ProviderError(f"{upstream} did not answer{within}.", code="timeout", timeout=True,
-                            retryable=True) from None
+                            retryable=True, ambiguous=was_sent(exc)) from None
     except UpstreamProtocolError as exc:
         raise ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",
-                            retryable=True) from None
+                            retryable=True, ambiguous=was_sent(exc)) from None
     except OSError as exc:
-        raise ProviderError(f"Could not reach {upstream}: {type(exc).__name__}.", code="connection_error",
-                            retryable=True) from None
+        sent = was_sent(exc)
+        what = "lost the connection after the request was sent" if sent else "could not be reached"
+        raise ProviderError(f"{upstream} {what}: {type(exc).__name__}.", code="connection_error",
+                            retryable=True, ambiguous=sent) from None
 
 
 class UpstreamHTTP:

@@ -35,7 +35,8 @@ async def test_a_line_has_every_field(upstream: Any, make_client: Any, tmp_path:
         "model_asked": "openai/gpt-image-1", "model": "openai/gpt-image-1",
         "model_served": "openai/gpt-image-1", "provider": "openai", "region": "global", "attempts": 1,
         "images": 1, "input_tokens": 20, "output_tokens": 1056, "cost_usd": 0.04234,
-        "cost_unknown_reason": None, "request_bytes": line["request_bytes"], "response_bytes": len(body),
+        "cost_unknown_reason": None, "possibly_billed_attempts": 0, "possibly_billed_usd": None,
+        "idempotency": None, "request_bytes": line["request_bytes"], "response_bytes": len(body),
         "error_code": None}
     assert line["latency_ms"] >= line["upstream_latency_ms"] > 0
     assert line["ts"].endswith("Z") and line["ts"][10] == "T"

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.forwarded import client_ip
-from gateway.appkeys import OBSERVERS, PLAN, RECORD, RUNTIME, RUNTIME_REF
+from gateway.appkeys import DETACHED, OBSERVERS, PLAN, RECORD, RUNTIME, RUNTIME_REF
 from gateway.record import RequestRecord
+from gateway.runtime import Runtime
 from gateway.middleware import Handler
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -64,7 +65,17 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         metrics.IN_FLIGHT.dec()
         record.status = status
-        record.duration_s = time.perf_counter() - started
-        observers = app[OBSERVERS]
-        plan = request.get(PLAN) if observers.include_prompt and runtime.config.log.include_prompt else None
-        observers.finished(record, plan.request.prompt if plan is not None else None, request, runtime)
+        detached = request.get(DETACHED)
+        if detached is not None and not detached.done():
+            # A keyed request whose client left runs on (gateway/middleware/idempotency.py): it
+            # is observed, with all its attempts and its cost, when it ends.
+            detached.add_done_callback(lambda _: _observe(request, runtime, record, started))
+        else:
+            _observe(request, runtime, record, started)
+
+
+def _observe(request: web.Request, runtime: Runtime, record: RequestRecord, started: float) -> None:
+    record.duration_s = time.perf_counter() - started
+    observers = request.app[OBSERVERS]
+    plan = request.get(PLAN) if observers.include_prompt and runtime.config.log.include_prompt else None
+    observers.finished(record, plan.request.prompt if plan is not None else None, request, runtime)
