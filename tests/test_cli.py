@@ -73,7 +73,8 @@ def test_refuses_public_address_without_keys() -> None:
 def test_plugins_lists_builtin_providers() -> None:
     result = run_cli("plugins")
     assert result.returncode == 0
-    for name in ("openai", "local"):
+    # Every provider that ships, the four of issue 17 (google, bfl, stability, fal) among them.
+    for name in ("openai", "azure_openai", "local", "google", "bfl", "stability", "fal"):
         assert re.search(rf"^{name}\s+opengateway \S+\s+plugins\.{name}:\w+\s+ok$", result.stdout, re.M), result.stdout
 
 

@@ -27,4 +27,5 @@ def test_wheel_contains_code_data_and_entry_points(tmp_path: Path) -> None:
     parser = configparser.ConfigParser()
     parser.read_string(zipfile.ZipFile(wheel).read(entry_points).decode())
     assert parser["console_scripts"]["opengateway"] == "gateway.cli:main"
-    assert {"openai", "local", "azure_openai", "google", "bfl", "fal"} <= set(parser["opengateway.providers"])
+    assert {"openai", "local", "azure_openai", "google", "stability", "bfl", "fal"} <= set(
+        parser["opengateway.providers"])

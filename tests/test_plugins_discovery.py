@@ -95,7 +95,7 @@ def test_plugins_lists_every_provider_and_why_some_failed(site: Path) -> None:
     done = gateway_cli(site, "plugins", "--json")
     assert done.returncode == 0, done.stderr
     rows: dict[str, dict[str, Any]] = {r["name"]: r for r in msgspec.json.decode(done.stdout)}
-    for name in ("openai", "azure_openai", "local", "google", "bfl", "fal"):
+    for name in ("openai", "azure_openai", "local", "google", "stability", "bfl", "fal"):
         assert (rows[name]["distribution"], rows[name]["ok"]) == ("opengateway", True)
     assert rows["good"] == {"name": "good", "distribution": "og-good", "version": "1.2.0",
                             "module": "og_good:GoodProvider", "api_version": 2, "ok": True,
