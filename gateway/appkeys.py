@@ -4,6 +4,8 @@ The modules imported here hold data and behaviour only; the wiring that reads th
 middleware, handlers) imports this module, never the other way round.
 """
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from gateway.access_log import AccessLog
@@ -45,3 +47,5 @@ RUNTIME = web.RequestKey("runtime", Runtime)
 PRINCIPAL = web.RequestKey("principal", KeyConfig)
 PLAN = web.RequestKey("plan", Plan)
 LIMIT_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("limit_headers")
+#: The CORS headers the answer gets (gateway/middleware/cors.py), put on it by gateway.app.
+CORS_HEADERS: web.RequestKey[Mapping[str, str]] = web.RequestKey("cors_headers")

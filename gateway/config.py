@@ -208,6 +208,33 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     include_prompt: bool = False
 
 
+HeaderName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+
+
+class CorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Web pages on other origins calling the API from a browser (gateway/cors.py); off while
+    ``allow_origins`` is empty. Only the ``/v1/`` routes take part; operator routes never do."""
+
+    #: Origins exactly as browsers send them (``https://app.example.com``: scheme, host, a port
+    #: other than the default, no path), or ``*`` for any page (logged as a warning: a key typed
+    #: into a page is that page's user's key).
+    allow_origins: list[str] = []
+    #: Methods a page may use.
+    allow_methods: list[Annotated[str, Meta(pattern=r"^[A-Z]+$")]] = msgspec.field(
+        default_factory=lambda: ["GET", "POST"])
+    #: Request headers a page may send, besides those always allowed (``Authorization``,
+    #: ``Content-Type``, the SDKs' ``x-stainless-*``, the analytics headers, ``Idempotency-Key``).
+    allow_headers: list[HeaderName] = []
+    #: Response headers a page may read, besides those always exposed (``x-request-id``,
+    #: ``x-ratelimit-*``, ``retry-after``, ...).
+    expose_headers: list[HeaderName] = []
+    #: How long a browser may reuse a preflight's answer (browsers apply their own cap too).
+    max_age_s: Annotated[int, Meta(ge=0, le=86_400)] = 600
+    #: Sends ``Access-Control-Allow-Credentials: true`` (cookies, TLS client certificates). Gateway
+    #: keys travel in a header and need no credentials mode; never together with ``*``.
+    allow_credentials: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderInstance] = []
@@ -221,6 +248,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     metrics: MetricsConfig = MetricsConfig()
     dashboard: DashboardConfig = DashboardConfig()
     log: LogConfig = LogConfig()
+    cors: CorsConfig = CorsConfig()
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -381,6 +409,7 @@ def check_references(config: Config) -> list[Problem]:
         if config.models and target not in config.models:
             problems.append(Problem(f"$.aliases.{alias}", f"no model '{target}' in models"))
     problems.extend(_check_server(config.server))
+    problems.extend(_check_cors(config.cors))
     names = [k.name for k in config.keys]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -400,6 +429,35 @@ def _check_server(server: ServerConfig) -> list[Problem]:
                                     f"'{cidr}' is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
     if server.admin_port is not None and server.admin_port != 0 and server.admin_port == server.port:
         problems.append(Problem("$.server.admin_port", "must differ from server.port"))
+    return problems
+
+
+def _check_cors(cors: CorsConfig) -> list[Problem]:
+    from yarl import URL
+
+    problems: list[Problem] = []
+    for i, origin in enumerate(cors.allow_origins):
+        path = f"$.cors.allow_origins[{i}]"
+        if origin == "*":
+            if cors.allow_credentials:
+                problems.append(Problem(path, "'*' cannot go with allow_credentials: true (any page could make "
+                                              "credentialed calls); list the origins"))
+            continue
+        if origin == "null":
+            problems.append(Problem(path, "'null' is the origin of every sandboxed frame and local file: "
+                                          "allowing it allows any of them"))
+            continue
+        try:
+            url = URL(origin)
+            normal = str(url.origin()) if url.absolute and url.host else None
+        except ValueError:
+            normal = None
+        if normal is None:
+            problems.append(Problem(path, f"'{origin}' is not an origin: expected scheme://host[:port], "
+                                          "e.g. https://app.example.com"))
+        elif normal != origin:
+            problems.append(Problem(path, f"write it as browsers send it: '{normal}' (lower case, no path, "
+                                          "no default port)"))
     return problems
 
 
