@@ -52,7 +52,7 @@ class CorsRefused(Exception):
 class CorsPolicy:
     """The CORS answer of one configuration: computed once, looked up per request."""
 
-    __slots__ = ("any_origin", "origins", "methods", "headers", "_actual", "_preflight")
+    __slots__ = ("any_origin", "origins", "methods", "headers", "_actual", "_preflight", "_answers", "_to_any")
 
     def __init__(self, config: CorsConfig) -> None:
         self.any_origin = "*" in config.allow_origins
@@ -69,6 +69,10 @@ class CorsPolicy:
             actual["Access-Control-Allow-Credentials"] = preflight["Access-Control-Allow-Credentials"] = "true"
         self._actual = actual
         self._preflight = preflight
+        #: The headers of an actual answer, made once per allowed origin (looked up per request).
+        self._answers = {o: {**self._origin_headers(o), **actual} for o in self.origins}
+        #: ``*`` alone: one answer for every origin.
+        self._to_any = {**self._origin_headers("*"), **actual} if self.any_origin and not self.origins else None
 
     @classmethod
     def from_config(cls, config: CorsConfig) -> CorsPolicy | None:
@@ -84,9 +88,14 @@ class CorsPolicy:
 
     def actual(self, origin: str | None) -> Mapping[str, str]:
         """The CORS headers of an answer to a request from ``origin`` (None: not from a page)."""
-        if origin is None or not self.allows(origin):
+        if origin is None:
             return {} if self.any_origin and not self.origins else VARY_ONLY
-        return {**self._origin_headers(origin), **self._actual}
+        answer = self._answers.get(origin) or self._to_any
+        if answer is None:
+            if not self.any_origin:
+                return VARY_ONLY
+            answer = {**self._origin_headers(origin), **self._actual}  # '*' and listed origins together
+        return answer
 
     def preflight(self, origin: str, method: str, request_headers: str | None) -> dict[str, str]:
         """The headers of a successful preflight's 204, or CorsRefused saying why not."""

@@ -163,6 +163,12 @@ async def test_any_origin_and_credentials(make_client: Callable[..., Any], caplo
     resp = await client.post(ROUTE, json=BODY, headers={**AUTH, "Origin": OTHER_PAGE})
     assert resp.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in resp.headers
 
+    # '*' beside listed origins: each page gets its own origin back, so the answer varies by Origin.
+    client = await make_client(f"cors: {{allow_origins: ['*', '{PAGE}']}}\n")
+    for origin in (PAGE, OTHER_PAGE):
+        resp = await client.post(ROUTE, json=BODY, headers={**AUTH, "Origin": origin})
+        assert resp.headers["Access-Control-Allow-Origin"] == origin and listed(resp.headers["Vary"]) == ["origin"]
+
     client = await make_client(f"cors: {{allow_origins: ['{PAGE}'], allow_credentials: true, "
                                "allow_methods: [POST], allow_headers: [X-Trace], expose_headers: [X-Cost]}\n")
     resp = await client.options(ROUTE, headers=preflight_headers(headers="authorization, x-trace"))
