@@ -17,9 +17,9 @@ from aiohttp import web
 
 from gateway import admin_routes, handlers, metrics, model_routes, openapi
 from gateway.access_log import AccessLog
-from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT, IDEMPOTENCY,
-                             LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER, RESOURCES, RUNTIME,
-                             RUNTIME_REF, STATS)
+from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, CORS_HEADERS, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT,
+                             IDEMPOTENCY, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER,
+                             RESOURCES, RUNTIME, RUNTIME_REF, STATS)
 from gateway.config import Config
 from gateway.dashboard import views as dashboard
 from gateway.dashboard.session import Sessions
@@ -31,6 +31,7 @@ from gateway.limits.backend import make_backend
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body import body_middleware
+from gateway.middleware.cors import cors_middleware
 from gateway.middleware.errors import errors_middleware
 from gateway.middleware.identity import identity_middleware
 from gateway.middleware.idempotency import idempotency_middleware
@@ -53,6 +54,7 @@ UPSTREAM_KEEPALIVE_S = 30.0
 MIDDLEWARES = (
     metrics_middleware,     # request record, pinned runtime, in-flight gauge, status and duration
     errors_middleware,      # GatewayError / aiohttp HTTP errors / crashes -> OpenAI error JSON
+    cors_middleware,        # browser preflights answered before auth; CORS headers for /v1/ answers
     admin_port_middleware,  # operator routes answer 404 off the admin port (server.admin_port)
     auth_middleware,        # Authorization: Bearer -> the key's policy, or 401
     identity_middleware,    # x-opengateway-user-id / -session-id -> request record
@@ -114,13 +116,20 @@ def _apply(app: web.Application, runtime: Runtime) -> None:
 
 async def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare (one handler: each costs a coroutine per response): the request id,
-    and the key's ``x-ratelimit-*`` (gateway/middleware/limits.py), replacing any an upstream sent."""
+    the key's ``x-ratelimit-*`` (gateway/middleware/limits.py), replacing any an upstream sent,
+    and the CORS headers (gateway/middleware/cors.py), on errors too."""
     record = request.get(RECORD)
     if record is not None:
         response.headers["x-request-id"] = record.request_id
     limits = request.get(LIMIT_HEADERS)
     if limits:
         response.headers.update(limits)
+    cors = request.get(CORS_HEADERS)
+    if cors:
+        vary = response.headers.get("Vary")
+        response.headers.update(cors)
+        if vary and "Vary" in cors:
+            response.headers["Vary"] = f"{vary}, {cors['Vary']}"
 
 
 def add_admin_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:

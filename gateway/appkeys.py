@@ -5,6 +5,7 @@ middleware, handlers) imports this module, never the other way round.
 """
 
 import asyncio
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -58,3 +59,5 @@ CAPTURE = web.RequestKey("capture", Capture)
 #: Such a request's run, which outlives its client (gateway/middleware/idempotency.py); the
 #: outermost link observes the request when it ends.
 DETACHED: web.RequestKey[asyncio.Task[web.StreamResponse]] = web.RequestKey("detached")
+#: The CORS headers the answer gets (gateway/middleware/cors.py), put on it by gateway.app.
+CORS_HEADERS: web.RequestKey[Mapping[str, str]] = web.RequestKey("cors_headers")

@@ -8,11 +8,19 @@ import ipaddress
 import logging
 import os
 import sys
+from typing import Mapping
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, config_from_env, load_config, with_lines
+from gateway.listeners import Listeners
+from gateway.config import (Config, ConfigError, Problem, config_from_env, inspect_config, load_config, related,
+                            with_lines)
 
 log = logging.getLogger("opengateway")
+
+#: What ``opengateway --help`` says first (the module docstring is for readers of the code).
+DESCRIPTION = ("OpenGateway: a self-hosted, OpenAI-compatible gateway for image generation. "
+               "Run `opengateway COMMAND --help` for a command's options.")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _is_loopback(host: str) -> bool:
@@ -77,7 +85,7 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.listeners import bind_listeners
+    from gateway.listeners import CannotListen, bind_listeners
 
     path = args.config or os.environ.get("OPENGATEWAY_CONFIG")
     if args.listen_fd is not None:
@@ -99,8 +107,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return 2
-    except OSError as exc:
-        print(f"cannot listen on {host}:{port} (admin port {config.server.admin_port}): {exc}", file=sys.stderr)
+    except CannotListen as exc:
+        print(exc.strerror, file=sys.stderr)
+        return 2
+    loop = _loops_back(config, listeners)
+    if loop is not None:
+        listeners.close()
+        provider_id, url = loop
+        source = "OPENAI_BASE_URL" if not path else "its settings"
+        print(f"refusing to start: provider '{provider_id}' would send requests to {url} ({source}), which "
+              "is this gateway's own address, so every request would come back to it.", file=sys.stderr)
+        if not path:
+            print("OPENAI_BASE_URL in this shell is probably meant for SDK clients (to aim them at the gateway); "
+                  "unset it for `opengateway serve`, or set it to the upstream's URL.", file=sys.stderr)
         return 2
     if workers > 1:
         from gateway.supervisor import WorkerSpec, run_workers
@@ -124,6 +143,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loops_back(config: Config, listeners: Listeners) -> tuple[str, str] | None:
+    """The first provider instance with a URL setting that is the gateway's own listening
+    address (the id and the URL), or None. Literal addresses and this machine's names only:
+    nothing is resolved."""
+    import socket
+
+    from yarl import URL
+
+    bound_host, bound_port = listeners.public.getsockname()[:2]
+    try:
+        bound = ipaddress.ip_address(bound_host)
+    except ValueError:
+        return None
+    own_names = {"localhost", socket.gethostname().lower()}
+    for instance in config.providers:
+        for value in instance.settings.values():
+            if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+                continue
+            try:
+                url = URL(value)
+            except ValueError:
+                continue
+            if url.port != bound_port or url.host is None:
+                continue
+            try:
+                address = ipaddress.ip_address(url.host)
+            except ValueError:
+                address = None
+            if address == bound or (address is None and url.host.lower() in own_names and (
+                    bound.is_loopback or bound.is_unspecified)) or (
+                    bound.is_unspecified and address is not None and address.is_loopback):
+                return instance.id, value
+    return None
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -135,29 +189,56 @@ def _print_problems(exc: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def config_problems(text: str, env: Mapping[str, str] | None = None) -> tuple[Config | None, list[Problem]]:
+    """Every problem of a config file in one run, each with its line: the file's own (an unset
+    ``${VAR}`` included), then the plugins' and the model table's, found by building the runtime
+    ``serve`` would build on what could be made of the file."""
+    import msgspec
+
     from gateway.http_client import HTTPClient
     from gateway.runtime import Resources, build_runtime
     from gateway.upstream_http import UpstreamHTTP
 
-    try:
-        config = load_config(args.file)
+    inspection = inspect_config(text, env)
+    config, problems = inspection.config, list(inspection.problems)
+    if config is None:
+        return None, problems
+    # When the model table names what does not exist, the plugins are still checked, on their own.
+    own = [p for p in problems if not related(p.path, inspection.unset_paths)]
+    checked = msgspec.structs.replace(config, models={}, aliases={}) if own else config
 
-        async def build() -> None:
-            # The runtime serve would build, on a client that never connects.
-            await build_runtime(config, Resources(UpstreamHTTP(HTTPClient()))).registry.close()
+    async def build() -> None:
+        # The runtime serve would build, on a client that never connects.
+        await build_runtime(checked, Resources(UpstreamHTTP(HTTPClient()))).registry.close()
+    try:
         asyncio.run(build())
     except ConfigError as exc:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                problems = with_lines(exc.problems, f.read())
-        except OSError:
-            problems = exc.problems
-        for problem in problems:
-            print(f"{args.file}:{problem}", file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        later = [p for p in exc.problems if not related(p.path, inspection.unset_paths)]
+        problems += with_lines(later, text)
+    return (config if not problems else None), sorted(problems, key=lambda p: p.line or 0)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or os.environ.get("OPENGATEWAY_CONFIG")
+    if not path:
+        print("check-config: no file given and OPENGATEWAY_CONFIG is not set; `opengateway serve` would "
+              "configure itself from the environment (OPENGATEWAY_API_KEY, OPENAI_API_KEY), which has no "
+              "file to check. Usage: opengateway check-config FILE", file=sys.stderr)
+        return 2
+    if not args.file:
+        print(f"checking {path} (from OPENGATEWAY_CONFIG)", file=sys.stderr)
+    try:
+        text = _read_text(path)
+    except OSError as exc:
+        print(f"{path}: cannot read the file: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"{args.file}: OK ({len(config.providers)} providers, {len(config.models)} models, "
+    config, problems = config_problems(text)
+    if config is None:
+        for problem in problems:
+            print(f"{path}:{problem}", file=sys.stderr)
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.providers)} providers, {len(config.models)} models, "
           f"{len(config.keys)} keys)")
     return 0
 
@@ -213,9 +294,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opengateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="opengateway", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"opengateway {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("OPENGATEWAY_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        default=os.environ.get("OPENGATEWAY_LOG_LEVEL", "INFO").upper(),
+                        help="debug, info, warning, error or critical, in any case (default: "
+                             "$OPENGATEWAY_LOG_LEVEL, else info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -231,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and report every problem")
-    check.add_argument("file")
+    check.add_argument("file", nargs="?", help="the YAML config file (default: $OPENGATEWAY_CONFIG)")
     check.set_defaults(func=cmd_check_config)
 
     plugins = sub.add_parser("plugins", help="list the installed provider plugins (name, distribution, "
@@ -249,8 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # argparse does not check a default against the choices
+        parser.error(f"OPENGATEWAY_LOG_LEVEL: invalid choice: {args.log_level.lower()!r} "
+                     f"(choose from {', '.join(level.lower() for level in LOG_LEVELS)})")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)
 
 

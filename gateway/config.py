@@ -233,6 +233,33 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     include_prompt: bool = False
 
 
+HeaderName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+
+
+class CorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Web pages on other origins calling the API from a browser (gateway/cors.py); off while
+    ``allow_origins`` is empty. Only the ``/v1/`` routes take part; operator routes never do."""
+
+    #: Origins exactly as browsers send them (``https://app.example.com``: scheme, host, a port
+    #: other than the default, no path), or ``*`` for any page (logged as a warning: a key typed
+    #: into a page is that page's user's key).
+    allow_origins: list[str] = []
+    #: Methods a page may use.
+    allow_methods: list[Annotated[str, Meta(pattern=r"^[A-Z]+$")]] = msgspec.field(
+        default_factory=lambda: ["GET", "POST"])
+    #: Request headers a page may send, besides those always allowed (``Authorization``,
+    #: ``Content-Type``, the SDKs' ``x-stainless-*``, the analytics headers, ``Idempotency-Key``).
+    allow_headers: list[HeaderName] = []
+    #: Response headers a page may read, besides those always exposed (``x-request-id``,
+    #: ``x-ratelimit-*``, ``retry-after``, ...).
+    expose_headers: list[HeaderName] = []
+    #: How long a browser may reuse a preflight's answer (browsers apply their own cap too).
+    max_age_s: Annotated[int, Meta(ge=0, le=86_400)] = 600
+    #: Sends ``Access-Control-Allow-Credentials: true`` (cookies, TLS client certificates). Gateway
+    #: keys travel in a header and need no credentials mode; never together with ``*``.
+    allow_credentials: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderInstance] = []
@@ -247,6 +274,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     metrics: MetricsConfig = MetricsConfig()
     dashboard: DashboardConfig = DashboardConfig()
     log: LogConfig = LogConfig()
+    cors: CorsConfig = CorsConfig()
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -310,32 +338,59 @@ def validation_problem(exc: msgspec.ValidationError, path: str) -> Problem:
     return Problem(path, message)
 
 
-def _convert(value: Any, type_: Any, path: str, problems: list[Problem]) -> Any:
+def _convert(value: Any, type_: Any, path: str, problems: list[Problem], unset: list[str] = []) -> Any:
+    """``value`` as ``type_``, or None with its problem. A value refused because an unset variable
+    left it empty is tried again without it (its default), so the rest is still checked."""
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
-        problems.append(validation_problem(exc, path))
+        problem = validation_problem(exc, path)
+        if unset and related(problem.path, unset):
+            return _convert(_without(value, path, unset), type_, path, problems)
+        problems.append(problem)
         return None
 
 
-def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
-    """Parse and check a YAML config; raise ConfigError listing every problem found."""
+def _without(value: Any, path: str, drop: list[str]) -> Any:
+    """``value`` without the mapping entries at the paths ``drop``."""
+    if isinstance(value, dict):
+        return {k: _without(v, f"{path}.{k}", drop) for k, v in value.items() if f"{path}.{k}" not in drop}
+    if isinstance(value, list):
+        return [_without(v, f"{path}[{i}]", drop) for i, v in enumerate(value)]
+    return value
+
+
+class Inspection(msgspec.Struct, frozen=True):
+    """What ``inspect_config`` made of a file: every problem, and the config as far as it could
+    be built (unset ``${VAR}`` read as empty), for checks that come after the file's own."""
+
+    config: Config | None
+    problems: list[Problem]
+    #: Where an unset environment variable was referenced (its problem is among ``problems``).
+    unset_paths: list[str]
+
+
+def inspect_config(text: str, env: Mapping[str, str] | None = None) -> Inspection:
+    """Every problem of a YAML config in one pass. An unset variable does not stop the checks:
+    the rest of the file is still decoded and cross-checked, so one run reports everything."""
     env = os.environ if env is None else env
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError([Problem("$", f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                                   mark.line + 1 if mark else None)], source) from None
+        return Inspection(None, [Problem("$", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                                         mark.line + 1 if mark else None)], [])
     lines: dict[str, int] = {}
     if node is not None:
         _lines(node, "$", lines)
-    problems: list[Problem] = []
-    raw = _expand(raw if raw is not None else {}, env, "$", problems)
+    unset: list[Problem] = []
+    raw = _expand(raw if raw is not None else {}, env, "$", unset)
     if not isinstance(raw, dict):
-        raise ConfigError([Problem("$", "the config must be a mapping", 1)], source)
+        return Inspection(None, [Problem("$", "the config must be a mapping", 1)], [])
+    unset_paths = [p.path for p in unset]
     # Convert section by section (and item by item) so that one bad entry does not hide the next.
+    problems: list[Problem] = []
     sections: dict[str, Any] = {}
     for name, field_type in _SECTIONS.items():
         if name not in raw:
@@ -343,22 +398,38 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
         value = raw[name]
         if isinstance(value, list) and name in ("providers", "keys", "admin_keys"):
             item_type = field_type.__args__[0]
-            sections[name] = [_convert(v, item_type, f"$.{name}[{i}]", problems) for i, v in enumerate(value)]
+            sections[name] = [_convert(v, item_type, f"$.{name}[{i}]", problems, unset_paths)
+                              for i, v in enumerate(value)]
         elif isinstance(value, dict) and name == "models":
-            sections[name] = {k: _convert(v, ModelConfig, f"$.models.{k}", problems) for k, v in value.items()}
+            sections[name] = {k: _convert(v, ModelConfig, f"$.models.{k}", problems, unset_paths)
+                              for k, v in value.items()}
         else:
-            sections[name] = _convert(value, field_type, f"$.{name}", problems)
+            sections[name] = _convert(value, field_type, f"$.{name}", problems, unset_paths)
+    config = None
+    if not problems:  # every section decoded: cross-check them (an unknown section changes nothing here)
+        config = msgspec.convert(sections, Config)
+        problems.extend(check_references(config))
     for name in raw:
         if name not in _SECTIONS:
             problems.append(Problem(f"$.{name}", f"unknown section (expected one of: {', '.join(_SECTIONS)})"))
-    config = None
-    if not problems:
-        config = msgspec.convert(sections, Config)
-        problems.extend(check_references(config))
-    if problems:
-        raise ConfigError([_locate(p, lines) for p in problems], source)
-    assert config is not None
-    return config
+    # A value left empty by an unset variable is reported once, as unset, not again as invalid.
+    problems = unset + [p for p in problems if not related(p.path, unset_paths)]
+    return Inspection(config, [_locate(p, lines) for p in problems], unset_paths)
+
+
+def related(path: str, others: list[str]) -> bool:
+    """``path`` is one of ``others``, or an ancestor or descendant of one (``$.a`` and ``$.a.b``)."""
+    return any(path == o or o.startswith((path + ".", path + "[")) or path.startswith((o + ".", o + "["))
+               for o in others)
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
+    """Parse and check a YAML config; raise ConfigError listing every problem found."""
+    inspection = inspect_config(text, env)
+    if inspection.problems:
+        raise ConfigError(inspection.problems, source)
+    assert inspection.config is not None
+    return inspection.config
 
 
 _SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config)}
@@ -407,6 +478,7 @@ def check_references(config: Config) -> list[Problem]:
         if config.models and target not in config.models:
             problems.append(Problem(f"$.aliases.{alias}", f"no model '{target}' in models"))
     problems.extend(_check_server(config.server))
+    problems.extend(_check_cors(config.cors))
     names = [k.name for k in config.keys]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -426,6 +498,35 @@ def _check_server(server: ServerConfig) -> list[Problem]:
                                     f"'{cidr}' is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
     if server.admin_port is not None and server.admin_port != 0 and server.admin_port == server.port:
         problems.append(Problem("$.server.admin_port", "must differ from server.port"))
+    return problems
+
+
+def _check_cors(cors: CorsConfig) -> list[Problem]:
+    from yarl import URL
+
+    problems: list[Problem] = []
+    for i, origin in enumerate(cors.allow_origins):
+        path = f"$.cors.allow_origins[{i}]"
+        if origin == "*":
+            if cors.allow_credentials:
+                problems.append(Problem(path, "'*' cannot go with allow_credentials: true (any page could make "
+                                              "credentialed calls); list the origins"))
+            continue
+        if origin == "null":
+            problems.append(Problem(path, "'null' is the origin of every sandboxed frame and local file: "
+                                          "allowing it allows any of them"))
+            continue
+        try:
+            url = URL(origin)
+            normal = str(url.origin()) if url.absolute and url.host else None
+        except ValueError:
+            normal = None
+        if normal is None:
+            problems.append(Problem(path, f"'{origin}' is not an origin: expected scheme://host[:port], "
+                                          "e.g. https://app.example.com"))
+        elif normal != origin:
+            problems.append(Problem(path, f"write it as browsers send it: '{normal}' (lower case, no path, "
+                                          "no default port)"))
     return problems
 
 

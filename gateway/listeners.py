@@ -51,12 +51,23 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class CannotListen(OSError):
+    """A socket that could not be bound; the message names the address and what it was for."""
+
+
+def _bind(what: str, host: str, port: int) -> socket.socket:
+    try:
+        return bind_socket(host, port)
+    except OSError as exc:
+        raise CannotListen(exc.errno, f"cannot listen on {host}:{port} ({what}): {exc.strerror or exc}") from exc
+
+
 def bind_listeners(config: Config, host: str, port: int) -> Listeners:
-    public = bind_socket(host, port)
+    public = _bind("the API port", host, port)
     if config.server.admin_port is None:
         return Listeners(public)
     try:
-        return Listeners(public, bind_socket(config.server.admin_host, config.server.admin_port))
+        return Listeners(public, _bind("server.admin_port", config.server.admin_host, config.server.admin_port))
     except BaseException:
         public.close()
         raise

@@ -14,16 +14,20 @@ a reload that changes one of them says so, and the new value takes effect at the
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import msgspec
 
 from gateway.config import Config
+from gateway.cors import CorsPolicy
 from gateway.keyring import KeyRing
 from gateway.redact import Redactor
 from gateway.registry import Registry
 from gateway.router import Router, RouterTiming
 from gateway.upstream_http import UpstreamHTTP
+
+log = logging.getLogger("opengateway")
 
 #: Settings read once per process, when its resources are made (dotted config paths).
 PROCESS_SETTINGS: tuple[str, ...] = (
@@ -46,10 +50,10 @@ class Resources(NamedTuple):
 class Runtime:
     """Everything one configuration makes of the gateway. Built once, never changed."""
 
-    __slots__ = ("config", "keys", "admins", "registry", "router", "redactor", "generation")
+    __slots__ = ("config", "keys", "admins", "registry", "router", "redactor", "cors", "generation")
 
     def __init__(self, config: Config, keys: KeyRing, admins: KeyRing, registry: Registry, router: Router,
-                 redactor: Redactor, generation: int) -> None:
+                 redactor: Redactor, cors: CorsPolicy | None, generation: int) -> None:
         self.config = config
         #: The gateway keys (``keys``) and the admin keys (``admin_keys``).
         self.keys = keys
@@ -57,6 +61,8 @@ class Runtime:
         self.registry = registry
         self.router = router
         self.redactor = redactor
+        #: Which web pages may call the API from a browser; None: CORS is off.
+        self.cors = cors
         #: 1 for the configuration the process started with, +1 per reload.
         self.generation = generation
 
@@ -74,9 +80,14 @@ def build_runtime(config: Config, resources: Resources, previous: Runtime | None
         targets = {t.id for route in registry.models.values() for t in route.targets}
         breakers = {tid: b for tid, b in previous.router.breakers.items() if tid in targets}
     router = Router(config.router, redactor, resources.timing, breakers)
+    cors = CorsPolicy.from_config(config.cors)
+    if cors is not None and cors.any_origin:
+        log.warning("cors.allow_origins has '*': any web page may call the gateway from a browser with a key "
+                    "its user types in (keys in browsers are the user's: give such pages per-user keys with "
+                    "limits, never a shared one)")
     if generation is None:
         generation = 1 if previous is None else previous.generation + 1
-    return Runtime(config, keys, admins, registry, router, redactor, generation)
+    return Runtime(config, keys, admins, registry, router, redactor, cors, generation)
 
 
 class RuntimeRef:

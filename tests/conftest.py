@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -153,3 +153,11 @@ def shared_redis() -> Iterator[RedisServer]:
 def own_redis() -> Iterator[RedisServer]:
     """A real redis-server of the test's own, to stop or pause mid-run."""
     yield from _redis()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A real headless Chromium (tests/chromium.py); modules using it skip when it is missing locally."""
+    from tests.chromium import launch
+    async with launch() as devtools:
+        yield devtools
