@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import asyncio
+import time
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -88,3 +90,80 @@ async def eventually(condition: Callable[[], bool], bound_s: float = 15.0) -> bo
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+
+#: The longest the event loop may go without running a ready callback while a fault test runs.
+#: A request's own work is well under 10 ms here, and the faults this guards against held the
+#: loop for 0.3-2 s. What else delays a tick on this shared 2-core machine (a full garbage
+#: collection of the test process, the scheduler giving the core to a neighbour for a time slice
+#: or two) measured up to ~40 ms over repeated runs of the fault suites. 100 ms sits between the
+#: two with room on both sides; a load test that queues many requests in one loop turn by design
+#: raises it for itself (``@pytest.mark.parametrize("loop_stall_bound_s", [...])``).
+LOOP_STALL_BOUND_S = 0.1
+#: How often the monitor asks for the loop; its own cost is one timer per tick.
+LOOP_STALL_TICK_S = 0.005
+
+
+class LoopStallMonitor:
+    """The event loop's longest stall while armed: a task sleeps ``LOOP_STALL_TICK_S`` and
+    records how late it wakes up. Armed only while the test function runs, because between
+    fixtures the loop is not running at all, which is no stall."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0
+        self.ticks = 0
+        self._armed = False
+        self._epoch = 0  # bumped by arm/disarm: a tick that spans one is not measured
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            epoch, asked = self._epoch, time.perf_counter()
+            await asyncio.sleep(LOOP_STALL_TICK_S)
+            if self._armed and epoch == self._epoch:
+                self.ticks += 1
+                self.longest_s = max(self.longest_s, time.perf_counter() - asked - LOOP_STALL_TICK_S)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def arm(self, armed: bool) -> None:
+        self._armed = armed
+        self._epoch += 1
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@pytest.fixture
+def loop_stall_bound_s() -> float:
+    return LOOP_STALL_BOUND_S
+
+
+@pytest.fixture
+async def loop_stall_guard(loop_stall_bound_s: float) -> AsyncIterator[LoopStallMonitor]:
+    """Fail the test when its event loop stalled longer than ``loop_stall_bound_s`` while the
+    test function ran. Apply with ``pytestmark = pytest.mark.usefixtures("loop_stall_guard")``."""
+    monitor = LoopStallMonitor()
+    monitor.start()
+    yield monitor
+    await monitor.stop()
+    if monitor.longest_s > loop_stall_bound_s:
+        pytest.fail(f"the event loop stalled for {monitor.longest_s * 1000:.0f} ms "
+                    f"(bound {loop_stall_bound_s * 1000:.0f} ms) while this test ran")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Arm the loop-stall monitor for exactly the test function's run (not its fixtures)."""
+    monitor = getattr(item, "funcargs", {}).get("loop_stall_guard")
+    if isinstance(monitor, LoopStallMonitor):
+        monitor.arm(True)
+    try:
+        return (yield)
+    finally:
+        if isinstance(monitor, LoopStallMonitor):
+            monitor.arm(False)

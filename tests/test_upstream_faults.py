@@ -36,6 +36,7 @@ HUNG_AFTER_S = DEADLINE_S + 10
 
 
 settle = eventually
+pytestmark = pytest.mark.usefixtures("loop_stall_guard")
 
 
 @pytest.fixture
