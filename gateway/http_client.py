@@ -6,7 +6,9 @@ through an async iterator; on the benchmark's S1 that is about a third of the ga
 This client writes the request in one ``transport.write``, lets httptools (llhttp, the parser
 of Node.js and uvicorn) parse the answer as it arrives, and resolves one future with the whole
 body. It does only what a provider call needs: keep-alive connections per origin, a pool limit
-with a FIFO queue, TLS, a response size limit, gzip/deflate when an upstream compresses anyway.
+with a FIFO queue, TLS, a response size limit, gzip/deflate when an upstream compresses anyway
+(inflated as it arrives, a slice per event-loop turn, and refused once past the size limit:
+gateway/inflate.py).
 No redirects, cookies or proxies (the session it replaces had ``trust_env=False`` too).
 aiohttp's session stays available to plugins that need more (``Provider.session``).
 
@@ -31,6 +33,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import __version__
+from gateway.inflate import InflatedTooLarge, Inflater
 
 USER_AGENT = f"OpenGateway/{__version__}"
 
@@ -90,7 +93,8 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight, answered through ``waiter``."""
 
     __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "past_parser",
-                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof")
+                 "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof",
+                 "inflater", "inflating", "body_in", "paused")
 
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
@@ -114,6 +118,10 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_eof = False  # no Content-Length, not chunked: the body ends with the connection
+        self.inflater: Inflater | None = None  # a gzip or deflate answer
+        self.inflating: asyncio.Handle | None = None  # the next inflate slice, when one is due
+        self.body_in = False  # the whole body has arrived (it may still be inflating)
+        self.paused = False  # reading paused while the inflater catches up
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -150,7 +158,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.pool._forget(self)
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and not self.body_in:  # (body_in: still inflating)
             if self.until_eof and self.status:
                 self._finish()
             else:
@@ -184,12 +192,18 @@ class _Connection(asyncio.Protocol):
         self.declared = None if chunked else length
         self.keep_alive = self.parser.should_keep_alive()  # Connection and version: known by now
         self.until_eof = length is None and not chunked
+        encoding = next((v for n, v in self.headers if n.lower() == "content-encoding"), "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self.inflater = Inflater(encoding, limit)
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size > self.pool.max_body_bytes:
             raise ResponseTooLarge(self.pool.max_body_bytes, None)
-        self.chunks.append(body)
+        if self.inflater is not None:
+            self._inflate(body)
+        else:
+            self.chunks.append(body)
 
     def _body_bytes(self, data: bytes) -> None:
         """The rest of a Content-Length body, past the parser."""
@@ -198,7 +212,10 @@ class _Connection(asyncio.Protocol):
         if len(data) > left:  # more than the upstream declared: keep the body, drop the connection
             data = data[:left]
             self.keep_alive = False
-        self.chunks.append(data)
+        if self.inflater is not None:
+            self._inflate(data)
+        else:
+            self.chunks.append(data)
         self.size += len(data)
         if self.size == self.declared:
             self.complete = True
@@ -218,28 +235,75 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        chunks = self.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.body_in = True
+        inflater = self.inflater
+        if inflater is not None:
+            if self.inflating is not None:  # the last slice finishes the answer
+                return
+            try:
+                body = inflater.result()
+            except zlib.error as exc:
+                self._fail(UpstreamProtocolError(f"the upstream's compressed body is corrupt: {exc}"))
+                return
+            self.inflater = None
+        else:
+            chunks = self.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         headers = CIMultiDict(self.headers)
         # An idle pooled connection must not hold its last answer (thousands of them can idle).
         self.chunks, self.headers = [], []
-        encoding = headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            try:
-                body = _decompress(body, encoding, self.pool.max_body_bytes)
-            except ResponseTooLarge as exc:
-                waiter.set_exception(exc)
-                return
-            except zlib.error as exc:
-                waiter.set_exception(UpstreamProtocolError(f"the upstream's {encoding} body is corrupt: {exc}"))
-                return
+        if inflater is not None:
             headers.popall("Content-Encoding")
         waiter.set_result((self.status, CIMultiDictProxy(headers), body))
+
+    # -- compressed answers -----------------------------------------------------------------------
+
+    def _inflate(self, data: bytes) -> None:
+        """Queue compressed body bytes; one slice is inflated per event-loop turn, never all at once."""
+        assert self.inflater is not None
+        self.inflater.feed(data)
+        if self.inflating is None:
+            self.inflating = self.pool.loop.call_soon(self._inflate_slice)
+
+    def _inflate_slice(self) -> None:
+        self.inflating = None
+        inflater, waiter = self.inflater, self.waiter
+        if inflater is None or waiter is None or waiter.done():  # failed, timed out or cancelled
+            return
+        try:
+            more = inflater.inflate_slice()
+        except InflatedTooLarge:
+            self._fail(ResponseTooLarge(self.pool.max_body_bytes, None))
+            return
+        except zlib.error as exc:
+            self._fail(UpstreamProtocolError(f"the upstream's compressed body is corrupt: {exc}"))
+            return
+        if more:
+            self.inflating = self.pool.loop.call_soon(self._inflate_slice)
+            if not self.paused and self.transport is not None:
+                # Compressed bytes wait in the socket, not in memory, while the inflater catches up.
+                self.transport.pause_reading()
+                self.paused = True
+            return
+        if self.paused:
+            self.paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        if self.body_in:
+            self._finish()
 
     def _fail(self, exc: BaseException) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
         self.close()
+
+    def _drop_inflater(self) -> None:
+        if self.inflating is not None:
+            self.inflating.cancel()
+            self.inflating = None
+        if self.inflater is not None:
+            self.inflater.close()
+            self.inflater = None
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed
@@ -248,20 +312,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()  # connection_lost follows and forgets it
         self.closed = True
+        self._drop_inflater()
 
 
 def _expire(waiter: asyncio.Future[object]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else (zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
-    d = zlib.decompressobj(wbits)
-    out = d.decompress(body, limit + 1)
-    if len(out) > limit:
-        raise ResponseTooLarge(limit, None)
-    return out
 
 
 class HTTPClient:
@@ -280,6 +336,12 @@ class HTTPClient:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this client runs on (set by the first ``post``, before any connection)."""
+        assert self._loop is not None
+        return self._loop
 
     @property
     def in_use(self) -> int:

@@ -163,6 +163,8 @@ class Provider(abc.ABC):
 
 #: The largest upstream body ``read_body`` accepts; the gateway sets it from its config.
 max_upstream_body_bytes = 268_435_456
+#: ``read_body`` lets the event loop run at least once per this many bytes read.
+_YIELD_EVERY_BYTES = 1 << 20
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
@@ -173,7 +175,7 @@ async def read_body(response: aiohttp.ClientResponse, limit: int | None = None) 
                             f"gateway's limit of {limit} bytes.", status=502,
                             code="upstream_response_too_large", retryable=False)
     chunks: list[bytes] = []
-    size = 0
+    size = yielded = 0
     # iter_chunks hands over each buffered socket read as it is (iter_any would join them first):
     # the body is copied once, by the final join.
     async for chunk, _ in response.content.iter_chunks():
@@ -182,6 +184,11 @@ async def read_body(response: aiohttp.ClientResponse, limit: int | None = None) 
             raise ProviderError(f"The upstream answer exceeds the gateway's limit of {limit} bytes.",
                                 status=502, code="upstream_response_too_large", retryable=False)
         chunks.append(chunk)
+        if size - yielded >= _YIELD_EVERY_BYTES:
+            # A buffered reader answers without suspending, and each read inflates the next piece
+            # of a compressed body: without this, a gzip bomb inflated to the limit in one go.
+            yielded = size
+            await asyncio.sleep(0)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

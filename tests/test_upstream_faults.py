@@ -129,6 +129,39 @@ async def test_upstream_fault(gateway: TestClient, fake: fu.FakeUpstream, fault:
             assert attempt["error_code"] == code
 
 
+#: A limit at which inflating a bomb in one call held the loop for about half a second here.
+BOMB_LIMIT_BYTES = 64 << 20
+
+
+@pytest.fixture
+async def bomb_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], fake: fu.FakeUpstream) -> TestClient:
+    # Inflating 64 MiB takes a quarter of a second of CPU: more than 0.5 s on a busy machine.
+    limits = f"""
+server:
+  max_upstream_body_bytes: {BOMB_LIMIT_BYTES}
+router:
+  attempt_timeout_s: 30
+  deadline_s: 60
+"""
+    return await aiohttp_client(create_app(parse_config(base_config_yaml(fake.url, limits), env={})))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "deflate-raw"])
+@pytest.mark.parametrize("status", [200, 500], ids=["answer", "error"])
+async def test_compression_bomb_is_refused_without_holding_the_loop(bomb_gateway: TestClient, fake: fu.FakeUpstream,
+                                                                     encoding: str, status: int) -> None:
+    """An answer that inflates to four times the limit (256 MiB from about 260 KB) is refused as
+    it inflates, a slice per loop turn: the loop-stall guard fails the test otherwise."""
+    bomb = fu.compression_bomb(4 * BOMB_LIMIT_BYTES, encoding)
+    assert len(bomb) < BOMB_LIMIT_BYTES // 200
+    sent_as = "deflate" if encoding == "deflate-raw" else encoding
+    fake.script("gpt-image-1", *(fu.compressed(status, bomb, sent_as) for _ in range(20)))
+    got, body, _ = await _request_and_check_cleanup(bomb_gateway)
+    assert got == 502, body
+    attempts = body["extra"]["routing"]["attempts"]
+    assert [a["error_code"] for a in attempts] == ["upstream_response_too_large"]  # final: not retried
+
+
 async def test_html_error_page_is_reported_not_parsed(gateway: TestClient, fake: fu.FakeUpstream) -> None:
     fake.script("gpt-image-1", *(fu.raw(502, b"<html><h1>502 Bad Gateway</h1></html>", "text/html")
                                  for _ in range(20)))
