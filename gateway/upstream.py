@@ -14,6 +14,7 @@ import msgspec
 
 from gateway.api import UpstreamImagesResponse
 from gateway.provider import ProviderError
+from gateway.upstream_json import decode
 
 _decoder = msgspec.json.Decoder(UpstreamImagesResponse)
 _KEY = b'"b64_json"'
@@ -26,9 +27,9 @@ def parse_upstream(body: bytes) -> UpstreamImagesResponse:
     """Check an upstream success body has OpenAI's shape; a broken one is the upstream's fault."""
     try:
         if len(body) > SKELETON_ABOVE_BYTES:
-            return _decoder.decode(skeleton(body))
-        return _decoder.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            return decode(skeleton(body), _decoder)
+        return decode(body, _decoder)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError; so is too deep a nesting
         raise ProviderError(f"The upstream answered 200 with an invalid images response: {exc}",
                             status=502, code="invalid_upstream_response", retryable=True) from None
 

@@ -23,6 +23,7 @@ import msgspec
 from gateway.catalog import openai_image_models
 from gateway.provider import (Capabilities, ImageRequest, ImageResult, Model, Provider, ProviderError, check_url,
                               pass_through, post_json, retry_after_s)
+from gateway.upstream_json import decode
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
 
@@ -148,11 +149,14 @@ class _AzureErrorBody(msgspec.Struct):
     message: str | None = None
 
 
+_error_decoder = msgspec.json.Decoder(_AzureErrorBody)
+
+
 def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
     """A ProviderError in OpenAI's shape from a non-2xx Azure OpenAI answer."""
     try:
-        parsed = msgspec.json.decode(body, type=_AzureErrorBody)
-    except msgspec.DecodeError:
+        parsed = decode(body, _error_decoder)
+    except msgspec.DecodeError:  # not JSON, not this shape, or nested too deeply
         parsed = _AzureErrorBody()
     err = parsed.error or _AzureErrorObject(message=parsed.message or "")
     message = err.message

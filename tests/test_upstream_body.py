@@ -51,6 +51,25 @@ def test_broken_large_bodies_are_refused(broken: bytes) -> None:
     assert info.value.status == 502 and info.value.code == "invalid_upstream_response"
 
 
+@pytest.mark.parametrize("where", ["data", "usage", "unknown", "extra"])
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_deeply_nested_bodies_are_invalid_answers(where: str, size: str) -> None:
+    """msgspec stops at the recursion limit with RecursionError (tests/test_upstream_faults.py
+    cites where), on both paths: the whole decode and the skeleton's."""
+    depth = 5_000 if size == "small" else 50_000  # 5 and 50 times the default recursion limit
+    deep = b"[" * depth + b"]" * depth
+    pad = B64 if size == "large" else "AAAA"
+    fields = {"data": b'[{"b64_json":"' + pad.encode() + b'"}]'}
+    # Where a typed field would refuse the first bracket at once, the depth sits in a field it skips.
+    fields["x" if where == "unknown" else where] = (b"[" + deep + b"]" if where == "data" else
+                                                  deep if where == "unknown" else b'{"a":' + deep + b"}")
+    raw = b"{" + b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items()) + b"}"
+    assert (len(raw) > SKELETON_ABOVE_BYTES) == (size == "large")
+    with pytest.raises(ProviderError) as info:
+        parse_upstream(raw)
+    assert info.value.status == 502 and info.value.code == "invalid_upstream_response"
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),

@@ -85,6 +85,17 @@ def assert_error_shape(body: dict[str, Any]) -> None:
 #: Every attempt timed out: a gateway timeout (504), whether or not the deadline itself passed.
 TIMED_OUT = (504,)
 
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """A JSON value ``depth`` arrays deep (2 bytes a level): msgspec recurses once per level and
+    stops at the interpreter's recursion limit with RecursionError, not a DecodeError
+    (https://github.com/msgspec/msgspec/pull/646: "we properly manage recursion limits")."""
+    return b"[" * depth + inner + b"]" * depth
+
+
+#: Twenty times the default recursion limit, in 40 KB (under this gateway's 64 KiB answer limit).
+DEEP = 20_000
+
 # (id, behaviour factory, client statuses, attempt status, attempt error code)
 FAULTS: list[tuple[str, Callable[[], fu.Behaviour], int | tuple[int, ...], str, str | None]] = [
     ("reset before headers", fu.reset, 502, "failed", "connection_error"),
@@ -98,6 +109,12 @@ FAULTS: list[tuple[str, Callable[[], fu.Behaviour], int | tuple[int, ...], str, 
     ("200 without data", lambda: fu.raw(200, b'{"created": 1}'), 502, "failed", "invalid_upstream_response"),
     ("HTML 502 page", lambda: fu.raw(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
      502, "failed", None),
+    ("200 nested deep in data", lambda: fu.raw(200, b'{"created":1,"data":[' + nested(DEEP) + b"]}"), 502, "failed",
+     "invalid_upstream_response"),
+    ("200 nested deep in an unknown field", lambda: fu.raw(200, b'{"data":[],"x":' + nested(DEEP) + b"}"), 502,
+     "failed", "invalid_upstream_response"),
+    ("500 with an error nested deep", lambda: fu.raw(500, b'{"error":{"message":"x","details":' + nested(DEEP)
+                                                      + b"}}"), 502, "failed", None),
     ("body over the limit", lambda: fu.oversized(4 * LIMIT_BYTES), 502, "failed", "upstream_response_too_large"),
     ("chunked body over the limit", lambda: fu.oversized(4 * LIMIT_BYTES, declare_length=False), 502, "failed",
      "upstream_response_too_large"),
@@ -200,8 +217,12 @@ async def test_429_with_retry_after_beyond_the_deadline(gateway: TestClient, fak
     assert int(headers["retry-after"]) >= 1
 
 
-async def test_fault_then_fallback_lists_both_attempts(gateway: TestClient, fake: fu.FakeUpstream) -> None:
-    fake.script("gpt-image-1", *(fu.reset() for _ in range(20)))
+@pytest.mark.parametrize("fault", [fu.reset, lambda: fu.raw(200, b'{"data":' + nested(DEEP) + b"}"),
+                                   lambda: fu.raw(503, b'{"error":{"details":' + nested(DEEP) + b"}}")],
+                         ids=["reset", "deeply nested answer", "deeply nested error"])
+async def test_fault_then_fallback_lists_both_attempts(gateway: TestClient, fake: fu.FakeUpstream,
+                                                       fault: Callable[[], fu.Behaviour]) -> None:
+    fake.script("gpt-image-1", *(fault() for _ in range(20)))
     async with asyncio.timeout(HUNG_AFTER_S):
         resp = await gateway.post("/v1/images/generations",
                                   json={**BODY, "extra": {"fallbacks": ["openai/gpt-image-1-mini"]}}, headers=AUTH)
