@@ -146,12 +146,13 @@ async def test_upstream_fault(gateway: TestClient, fake: fu.FakeUpstream, fault:
             assert attempt["error_code"] == code
 
 
-#: A limit at which inflating a bomb in one call held the loop for about half a second here.
+#: Room for answers past the skeleton threshold (64 KiB), and a limit at which inflating a bomb
+#: in one call held the loop for about half a second here.
 BOMB_LIMIT_BYTES = 64 << 20
 
 
 @pytest.fixture
-async def bomb_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], fake: fu.FakeUpstream) -> TestClient:
+async def roomy_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], fake: fu.FakeUpstream) -> TestClient:
     # Inflating 64 MiB takes a quarter of a second of CPU: more than 0.5 s on a busy machine.
     limits = f"""
 server:
@@ -165,7 +166,7 @@ router:
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "deflate-raw"])
 @pytest.mark.parametrize("status", [200, 500], ids=["answer", "error"])
-async def test_compression_bomb_is_refused_without_holding_the_loop(bomb_gateway: TestClient, fake: fu.FakeUpstream,
+async def test_compression_bomb_is_refused_without_holding_the_loop(roomy_gateway: TestClient, fake: fu.FakeUpstream,
                                                                      encoding: str, status: int) -> None:
     """An answer that inflates to four times the limit (256 MiB from about 260 KB) is refused as
     it inflates, a slice per loop turn: the loop-stall guard fails the test otherwise."""
@@ -173,10 +174,27 @@ async def test_compression_bomb_is_refused_without_holding_the_loop(bomb_gateway
     assert len(bomb) < BOMB_LIMIT_BYTES // 200
     sent_as = "deflate" if encoding == "deflate-raw" else encoding
     fake.script("gpt-image-1", *(fu.compressed(status, bomb, sent_as) for _ in range(20)))
-    got, body, _ = await _request_and_check_cleanup(bomb_gateway)
+    got, body, _ = await _request_and_check_cleanup(roomy_gateway)
     assert got == 502, body
     attempts = body["extra"]["routing"]["attempts"]
     assert [a["error_code"] for a in attempts] == ["upstream_response_too_large"]  # final: not retried
+
+
+@pytest.mark.parametrize("stray", [b"\xff\xfe", b"\x00", b"\x1b[2J"], ids=["invalid utf-8", "NUL", "escape sequence"])
+async def test_an_answer_with_bytes_outside_base64_goes_to_the_next_target(roomy_gateway: TestClient,
+                                                                           fake: fu.FakeUpstream, stray: bytes) -> None:
+    """Past 64 KiB the base64 is checked by byte class, not by msgspec: bytes no JSON parser
+    accepts must fail the attempt (retryable), never reach the client as a 200."""
+    bad = b'{"created":1,"data":[{"b64_json":"' + b"QUFB" * 20_000 + stray + b"QUFB" * 100 + b'"}]}'
+    fake.script("gpt-image-1", *(fu.raw(200, bad) for _ in range(20)))
+    async with asyncio.timeout(HUNG_AFTER_S):
+        resp = await roomy_gateway.post("/v1/images/generations", headers=AUTH,
+                                        json={**BODY, "extra": {"fallbacks": ["openai/gpt-image-1-mini"]}})
+        body = await resp.json()  # whatever the status, the client gets JSON
+    assert resp.status == 200
+    attempts = body["extra"]["routing"]["attempts"]
+    assert attempts[0]["status"] == "failed" and attempts[0]["error_code"] == "invalid_upstream_response"
+    assert attempts[-1]["status"] == "succeeded" and attempts[-1]["model"] == "openai/gpt-image-1-mini"
 
 
 async def test_html_error_page_is_reported_not_parsed(gateway: TestClient, fake: fu.FakeUpstream) -> None:
