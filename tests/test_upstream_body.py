@@ -88,6 +88,28 @@ def test_bytes_outside_base64_in_a_large_answer_are_refused(stray: bytes, at: st
     assert "not base64" in info.value.message
 
 
+@pytest.mark.parametrize("where", [b'{"\xff":1,', b'{"x":"\xc3\x28",', b'{"x":{"\xe2\x82":[1]},'],
+                         ids=["unknown key", "unknown field's value", "nested key"])
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_invalid_utf8_where_msgspec_does_not_look_is_refused(where: bytes, size: str) -> None:
+    """msgspec skips unknown fields and keeps ``data`` items raw without checking their UTF-8
+    (found by tests/test_fuzz_upstream.py): the body would reach the client as a 200 that no
+    JSON parser accepts."""
+    pad = B64.encode() if size == "large" else b"QUFB"
+    for raw in (where + b'"data":[{"b64_json":"' + pad + b'"}]}', b'{"data":[{"b64_json":"' + pad + b'","x":"\xff"}]}'):
+        with pytest.raises(msgspec.DecodeError):
+            msgspec.json.decode(raw)  # not JSON at all
+        with pytest.raises(ProviderError) as info:
+            parse_upstream(raw)
+        assert (info.value.status, info.value.code) == (502, "invalid_upstream_response")
+
+
+def test_valid_utf8_anywhere_is_fine() -> None:
+    raw = '{"created":1,"data":[{"b64_json":"QUFB","revised_prompt":"un cube rouge, été"}],"x":"日本"}'.encode()
+    for body in (raw, raw[:-1] + b"," + b'"pad":"' + B64.encode() + b'"}'):
+        assert len(parse_upstream(body).data) == 1
+
+
 def test_padding_and_the_whole_alphabet_pass() -> None:
     alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     raw = b'{"data":[{"b64_json":"' + alphabet * 2000 + b'=="}]}'

@@ -113,6 +113,9 @@ FAULTS: list[tuple[str, Callable[[], fu.Behaviour], int | tuple[int, ...], str, 
      "invalid_upstream_response"),
     ("200 nested deep in an unknown field", lambda: fu.raw(200, b'{"data":[],"x":' + nested(DEEP) + b"}"), 502,
      "failed", "invalid_upstream_response"),
+    ("200 with invalid UTF-8 where msgspec skips", lambda: fu.raw(
+        200, b'{"created":1,"data":[{"b64_json":"QUFB","x":"\xff"}],"\xfe":1}'), 502, "failed",
+     "invalid_upstream_response"),
     ("500 with an error nested deep", lambda: fu.raw(500, b'{"error":{"message":"x","details":' + nested(DEEP)
                                                       + b"}}"), 502, "failed", None),
     ("body over the limit", lambda: fu.oversized(4 * LIMIT_BYTES), 502, "failed", "upstream_response_too_large"),
