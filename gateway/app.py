@@ -16,6 +16,7 @@ import jinja2
 from aiohttp import web
 
 from gateway import admin_routes, handlers, metrics, model_routes, openapi
+from gateway import server_log as malformed_log
 from gateway.access_log import AccessLog
 from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, CORS_HEADERS, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT,
                              IDEMPOTENCY, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER,
@@ -87,6 +88,9 @@ def _process_resources(config: Config, config_path: str | None, timing: RouterTi
         redacting = RedactingFilter(lambda: ref.current.redactor)
         server_log = logging.getLogger("aiohttp.server")  # logs malformed requests with their headers
         server_log.addFilter(redacting)
+        # One line each, at a bounded rate, ahead of the redaction; removed at exit if installed here.
+        installed_here = not any(isinstance(f, malformed_log.MalformedRequestLog) for f in server_log.filters)
+        malformed = malformed_log.install(server_log)
         access_log = app[ACCESS_LOG] = AccessLog.open(config)
         observers = app[OBSERVERS] = Observers(stats, access_log, _RELEASED_AFTER_OBSERVING)
         backend = app[LIMITS] = make_backend(config.limits)
@@ -105,6 +109,9 @@ def _process_resources(config: Config, config_path: str | None, timing: RouterTi
             if access_log is not None:
                 access_log.close()
             server_log.removeFilter(redacting)
+            if installed_here:
+                malformed.flush()
+                server_log.removeFilter(malformed)
             await client.close()
     return lifetime
 

@@ -6,7 +6,9 @@ through an async iterator; on the benchmark's S1 that is about a third of the ga
 This client writes the request in one ``transport.write``, lets httptools (llhttp, the parser
 of Node.js and uvicorn) parse the answer as it arrives, and resolves one future with the whole
 body. It does only what a provider call needs: keep-alive connections per origin, a pool limit
-with a FIFO queue, TLS, a response size limit, gzip/deflate when an upstream compresses anyway.
+with a FIFO queue, TLS, a response size limit, gzip/deflate when an upstream compresses anyway
+(inflated as it arrives, a slice per event-loop turn, and refused once past the size limit:
+gateway/inflate.py).
 No redirects, cookies or proxies (the session it replaces had ``trust_env=False`` too).
 Plugins reach it through ``gateway.upstream_http.UpstreamHTTP``, never directly.
 
@@ -31,6 +33,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import __version__
+from gateway.inflate import InflatedTooLarge, Inflater
 
 USER_AGENT = f"OpenGateway/{__version__}"
 _BODILESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
@@ -92,7 +95,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "past_parser",
                  "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof", "sink",
-                 "drained")
+                 "drained", "inflater", "inflating", "body_in", "paused")
 
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
@@ -121,6 +124,10 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_eof = False  # no Content-Length, not chunked: the body ends with the connection
+        self.inflater: Inflater | None = None  # a gzip or deflate answer
+        self.inflating: asyncio.Handle | None = None  # the next inflate slice, when one is due
+        self.body_in = False  # the whole body has arrived (it may still be inflating)
+        self.paused = False  # reading paused while the inflater catches up
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -182,7 +189,7 @@ class _Connection(asyncio.Protocol):
         if self.sink is not None and not self.complete:
             self.sink.end(None if self.until_eof and self.status else ConnectionResetError(
                 "the upstream closed the connection before answering in full"))
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and not self.body_in:  # (body_in: still inflating)
             if self.until_eof and self.status:
                 self._finish()
             else:
@@ -219,6 +226,10 @@ class _Connection(asyncio.Protocol):
         if self.sink is not None and self.waiter is not None and not self.waiter.done():
             # A streaming call gets the status and headers now, the body as it comes.
             self.waiter.set_result((self.status, CIMultiDictProxy(CIMultiDict(self.headers)), self.sink))
+            return
+        encoding = next((v for n, v in self.headers if n.lower() == "content-encoding"), "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self.inflater = Inflater(encoding, limit)
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -226,8 +237,10 @@ class _Connection(asyncio.Protocol):
             raise ResponseTooLarge(self.pool.max_body_bytes, None)
         if self.sink is not None:
             self.sink.feed(body)
-            return
-        self.chunks.append(body)
+        elif self.inflater is not None:
+            self._inflate(body)
+        else:
+            self.chunks.append(body)
 
     def _body_bytes(self, data: bytes) -> None:
         """The rest of a Content-Length body, past the parser."""
@@ -236,7 +249,10 @@ class _Connection(asyncio.Protocol):
         if len(data) > left:  # more than the upstream declared: keep the body, drop the connection
             data = data[:left]
             self.keep_alive = False
-        self.chunks.append(data)
+        if self.inflater is not None:
+            self._inflate(data)
+        else:
+            self.chunks.append(data)
         self.size += len(data)
         if self.size == self.declared:
             self.complete = True
@@ -259,23 +275,62 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        chunks = self.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.body_in = True
+        inflater = self.inflater
+        if inflater is not None:
+            if self.inflating is not None:  # the last slice finishes the answer
+                return
+            try:
+                body = inflater.result()
+            except zlib.error as exc:
+                self._fail(UpstreamProtocolError(f"the upstream's compressed body is corrupt: {exc}"))
+                return
+            self.inflater = None
+        else:
+            chunks = self.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         headers = CIMultiDict(self.headers)
         # An idle pooled connection must not hold its last answer (thousands of them can idle).
         self.chunks, self.headers = [], []
-        encoding = headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            try:
-                body = _decompress(body, encoding, self.pool.max_body_bytes)
-            except ResponseTooLarge as exc:
-                waiter.set_exception(exc)
-                return
-            except zlib.error as exc:
-                waiter.set_exception(UpstreamProtocolError(f"the upstream's {encoding} body is corrupt: {exc}"))
-                return
+        if inflater is not None:
             headers.popall("Content-Encoding")
         waiter.set_result((self.status, CIMultiDictProxy(headers), body))
+
+    # -- compressed answers -----------------------------------------------------------------------
+
+    def _inflate(self, data: bytes) -> None:
+        """Queue compressed body bytes; one slice is inflated per event-loop turn, never all at once."""
+        assert self.inflater is not None
+        self.inflater.feed(data)
+        if self.inflating is None:
+            self.inflating = asyncio.get_running_loop().call_soon(self._inflate_slice)
+
+    def _inflate_slice(self) -> None:
+        self.inflating = None
+        inflater, waiter = self.inflater, self.waiter
+        if inflater is None or waiter is None or waiter.done():  # failed, timed out or cancelled
+            return
+        try:
+            more = inflater.inflate_slice()
+        except InflatedTooLarge:
+            self._fail(ResponseTooLarge(self.pool.max_body_bytes, None))
+            return
+        except zlib.error as exc:
+            self._fail(UpstreamProtocolError(f"the upstream's compressed body is corrupt: {exc}"))
+            return
+        if more:
+            self.inflating = asyncio.get_running_loop().call_soon(self._inflate_slice)
+            if not self.paused and self.transport is not None:
+                # Compressed bytes wait in the socket, not in memory, while the inflater catches up.
+                self.transport.pause_reading()
+                self.paused = True
+            return
+        if self.paused:
+            self.paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        if self.body_in:
+            self._finish()
 
     def _fail(self, exc: BaseException) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -284,6 +339,14 @@ class _Connection(asyncio.Protocol):
             self.sink.end(exc)
         self.close()
 
+    def _drop_inflater(self) -> None:
+        if self.inflating is not None:
+            self.inflating.cancel()
+            self.inflating = None
+        if self.inflater is not None:
+            self.inflater.close()
+            self.inflater = None
+
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed
 
@@ -291,6 +354,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()  # connection_lost follows and forgets it
         self.closed = True
+        self._drop_inflater()
 
 
 class BodyStream:
@@ -375,15 +439,6 @@ def was_sent(exc: BaseException) -> bool:
 def _expire(waiter: asyncio.Future[object]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else (zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
-    d = zlib.decompressobj(wbits)
-    out = d.decompress(body, limit + 1)
-    if len(out) > limit:
-        raise ResponseTooLarge(limit, None)
-    return out
 
 
 def _request_bytes(method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],

@@ -142,6 +142,9 @@ IDEMPOTENT_REQUESTS = Counter(
 RATE_LIMITED = Counter(
     "opengateway_rate_limited", "Requests refused by a key's limit, by the limit that refused them.",
     ["limit", "key_name"])
+MALFORMED_REQUESTS = Counter(
+    "opengateway_malformed_requests",
+    "HTTP requests aiohttp's parser refused with a 400 before any middleware (logged or not).")
 BUILD_INFO = Gauge(
     "opengateway_build_info", "Always 1; the running gateway's version.", ["version", "python_version"],
     multiprocess_mode="max")

@@ -42,6 +42,8 @@ from gateway.tokens import TokenRule, image_tokens
 from gateway.upstream import skeleton
 from gateway.uploads import EditInputs, InputImage
 from gateway.upstream_http import Answer, StreamingAnswer, UpstreamHTTP
+from gateway.upstream_json import decode
+from gateway.upstream_json import decode as decode_json
 
 # The public plugin API: a plugin needs nothing from the gateway beyond these names, and they
 # keep working across releases that keep API_VERSION (tests/test_plugins_contract.py).
@@ -65,6 +67,7 @@ __all__ = [
     "StreamingAnswer",
     "UpstreamHTTP",
     "check_url",
+    "decode_json",
     "error_from_openai",
     "image_tokens",
     "openai_image_models",
@@ -241,11 +244,14 @@ class _OpenAIErrorBody(msgspec.Struct):
     error: _OpenAIErrorObject | None = None
 
 
+_openai_error_decoder = msgspec.json.Decoder(_OpenAIErrorBody)
+
+
 def error_from_openai(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
     """A ProviderError from a non-2xx answer in OpenAI's error dialect (or anything else)."""
     try:
-        err = msgspec.json.decode(body, type=_OpenAIErrorBody).error
-    except msgspec.DecodeError:
+        err = decode(body, _openai_error_decoder).error
+    except msgspec.DecodeError:  # not JSON, not this shape, or nested too deeply
         err = None
     if err is None or not err.message:
         snippet = body[:200].decode("utf-8", "replace").strip()

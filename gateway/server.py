@@ -25,6 +25,7 @@ from gateway.app import create_app
 from gateway.appkeys import DASHBOARD_SESSIONS, LIFECYCLE, RELOADER
 from gateway.config import Config
 from gateway.control import Channel
+from gateway.half_close import HalfCloseAppRunner
 from gateway.listeners import BACKLOG, Listeners, bind_listeners
 from gateway.worker import WorkerControl
 
@@ -99,8 +100,10 @@ async def serve(config: Config, listeners: Listeners, *,
     # shutdown_timeout: how long runner.cleanup() lets handlers in flight finish before it
     # cancels them (web_protocol.RequestHandler.shutdown); idle keep-alive connections are
     # closed at once (web_server.Server.pre_shutdown) and busy ones close after their response.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.drain_timeout_s,
-                           handle_signals=False, handler_cancellation=True)
+    # HalfCloseAppRunner: a client that shuts down its write side after its request still gets
+    # the answer (gateway/half_close.py); one that closed its socket is still cancelled.
+    runner = HalfCloseAppRunner(app, access_log=None, shutdown_timeout=config.server.drain_timeout_s,
+                                handle_signals=False, handler_cancellation=True)
     await runner.setup()
     if listeners.admin is not None:
         # Known before the first request can be accepted, so admin routes are never served by mistake.

@@ -20,8 +20,8 @@ from urllib.parse import quote
 import msgspec
 
 from gateway.provider import (Call, Capabilities, EditInputs, Form, ImageRequest, ImageResult, Model, Provider,
-                              ProviderError, StreamEvent, UpstreamHTTP, check_url, openai_form, openai_image_models,
-                              openai_stream, pass_through, retry_after_s)
+                              ProviderError, StreamEvent, UpstreamHTTP, check_url, decode_json, openai_form,
+                              openai_image_models, openai_stream, pass_through, retry_after_s)
 
 __all__ = ["AzureOpenAIProvider", "AzureOpenAISettings", "azure_error"]
 
@@ -174,11 +174,14 @@ class _AzureErrorBody(msgspec.Struct):
     message: str | None = None
 
 
+_error_decoder = msgspec.json.Decoder(_AzureErrorBody)
+
+
 def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
     """A ProviderError in OpenAI's shape from a non-2xx Azure OpenAI answer."""
     try:
-        parsed = msgspec.json.decode(body, type=_AzureErrorBody)
-    except msgspec.DecodeError:
+        parsed = decode_json(body, _error_decoder)
+    except msgspec.DecodeError:  # not JSON, not this shape, or nested too deeply
         parsed = _AzureErrorBody()
     err = parsed.error or _AzureErrorObject(message=parsed.message or "")
     message = err.message

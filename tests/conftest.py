@@ -3,8 +3,12 @@ a fake clock; real Redis servers. Every fixture of the suite is defined here."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import os
 import random
 import shutil
+import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
@@ -161,3 +165,142 @@ async def browser() -> AsyncIterator[Any]:
     from tests.chromium import launch
     async with launch() as devtools:
         yield devtools
+
+#: The longest the event loop may go without running a ready callback while a fault test runs.
+#: A request's own work is well under 10 ms here, and the faults this guards against held the
+#: loop for 0.3-8 s. Over repeated runs of the fault suites on this shared 2-core machine the
+#: longest stall the guard saw was ~40 ms, once it leaves out the two things that are not the
+#: code under test: time the loop's thread waited for a CPU held by other processes (load
+#: averages of 4-5 here; read from /proc/thread-self/schedstat), and the test process's own
+#: garbage (see ``loop_stall_guard``). 100 ms sits between the two with room on both sides; a
+#: load test that queues many requests in one loop turn by design raises it for itself
+#: (``@pytest.mark.parametrize("loop_stall_bound_s", [...])``).
+LOOP_STALL_BOUND_S = 0.1
+#: How often the monitor asks for the loop; its own cost is one timer per tick.
+LOOP_STALL_TICK_S = 0.005
+
+
+class LoopStallMonitor:
+    """The event loop's longest stall while armed: a task sleeps ``LOOP_STALL_TICK_S`` and
+    records how late it wakes up, less the time its thread sat in the run queue (Linux's
+    schedstat: runnable, but another process had the CPU). A blocking call, a long computation
+    or a garbage collection counts; a busy neighbour does not. Armed only while the test
+    function runs, because between fixtures the loop is not running at all, which is no stall."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0
+        self.longest_wall_s = 0.0  # the same, with run-queue waits included (for the message)
+        self.ticks = 0
+        self._armed = False
+        self._epoch = 0  # bumped by arm(): a tick that spans it is not measured
+        self._task: asyncio.Task[None] | None = None
+        self._schedstat: int | None = None
+
+    def _queued_s(self) -> float:
+        """Seconds this thread has spent runnable but waiting for a CPU (0 where unknown)."""
+        if self._schedstat is None:
+            return 0.0
+        return int(os.pread(self._schedstat, 100, 0).split()[1]) / 1e9
+
+    async def _run(self) -> None:
+        while True:
+            epoch, asked, queued = self._epoch, time.perf_counter(), self._queued_s()
+            await asyncio.sleep(LOOP_STALL_TICK_S)
+            if self._armed and epoch == self._epoch:
+                late_s = time.perf_counter() - asked - LOOP_STALL_TICK_S
+                self.ticks += 1
+                self.longest_wall_s = max(self.longest_wall_s, late_s)
+                self.longest_s = max(self.longest_s, late_s - (self._queued_s() - queued))
+
+    def start(self) -> None:
+        try:  # opened from the loop's thread: "thread-self" is that thread
+            self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._schedstat = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def arm(self, armed: bool) -> None:
+        self._armed = armed
+        self._epoch += 1
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self._schedstat is not None:
+            os.close(self._schedstat)
+            self._schedstat = None
+
+
+@pytest.fixture
+def loop_stall_bound_s() -> float:
+    return LOOP_STALL_BOUND_S
+
+
+@pytest.fixture
+async def loop_stall_guard(loop_stall_bound_s: float) -> AsyncIterator[LoopStallMonitor]:
+    """Fail the test when its event loop stalled longer than ``loop_stall_bound_s`` while the
+    test function ran. Apply with ``pytestmark = pytest.mark.usefixtures("loop_stall_guard")``."""
+    # The test process holds ~100,000 objects (pytest, hypothesis, the SDK) and a full collection
+    # of them takes 90-180 ms here: a stall of the harness, not of the code under test. The
+    # gateway freezes its start-up objects the same way (gateway/server.py).
+    gc.freeze()
+    monitor = LoopStallMonitor()
+    monitor.start()
+    try:
+        yield monitor
+    finally:
+        await monitor.stop()
+        gc.unfreeze()
+    if monitor.longest_s > loop_stall_bound_s:
+        pytest.fail(f"the event loop stalled for {monitor.longest_s * 1000:.0f} ms "
+                    f"({monitor.longest_wall_s * 1000:.0f} ms with waits for the CPU; bound "
+                    f"{loop_stall_bound_s * 1000:.0f} ms) while this test ran")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Arm the loop-stall monitor for exactly the test function's run (not its fixtures)."""
+    monitor = getattr(item, "funcargs", {}).get("loop_stall_guard")
+    if isinstance(monitor, LoopStallMonitor):
+        monitor.arm(True)
+    try:
+        return (yield)
+    finally:
+        if isinstance(monitor, LoopStallMonitor):
+            monitor.arm(False)
+
+
+#: Short server timeouts so slow clients are cut off quickly (defaults: 75 s and 30 s).
+CLIENT_LIMITS = """
+server:
+  keepalive_timeout_s: 1
+  body_read_timeout_s: 1
+router:
+  deadline_s: 30
+"""
+
+
+@pytest.fixture
+async def served_port(upstream: FakeUpstream) -> AsyncIterator[int]:
+    """The real server (``gateway.server.serve``: signals, drain, handler cancellation as in
+    production) on a free loopback port, with ``CLIENT_LIMITS``, in front of the fake upstream."""
+    import asyncio
+    import signal
+
+    from gateway.server import bind_listeners, serve
+    config = parse_config(base_config_yaml(upstream.url, CLIENT_LIMITS), env={})  # type: ignore[attr-defined]
+    listeners = bind_listeners(config, "127.0.0.1", 0)
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(config, listeners, on_ready=lambda _: ready.set()))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield listeners.port
+    finally:
+        task.cancel()  # serve() drains on the way out
+        await asyncio.gather(task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        listeners.close()

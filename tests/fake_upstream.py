@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -61,6 +62,32 @@ def raw(status: int, data: bytes, content_type: str = "application/json") -> Beh
     async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         return web.Response(status=status, body=data, content_type=content_type)
     return reply
+
+
+def compressed(status: int, data: bytes, encoding: str = "gzip") -> Behaviour:
+    """Answer ``data`` as it is, declared as ``Content-Encoding: encoding`` (aiohttp sends a
+    body whose encoding is already set without compressing it again)."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(status=status, body=data, content_type="application/json",
+                            headers={"Content-Encoding": encoding})
+    return reply
+
+
+#: zlib's wbits for each Content-Encoding a bomb can use ("deflate-raw" is deflate without the
+#: RFC 1950 wrapper, which some servers send as "deflate").
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "deflate-raw": -zlib.MAX_WBITS}
+
+
+def compression_bomb(inflated_bytes: int, encoding: str = "gzip", piece_bytes: int = 1 << 20) -> bytes:
+    """A compressed stream of zeros that inflates to ``inflated_bytes``, about 1000 times its
+    size, built without compressing it all: after a full flush the compressor starts afresh, so
+    every further piece compresses to the same bytes. No trailer: a gateway must refuse it long
+    before its end."""
+    c = zlib.compressobj(9, zlib.DEFLATED, WBITS[encoding])
+    zeros = bytes(piece_bytes)
+    first = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (inflated_bytes // piece_bytes - 1)
 
 
 def hang(seconds: float = 3600) -> Behaviour:

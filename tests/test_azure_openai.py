@@ -200,6 +200,18 @@ def test_azure_error_dialect(case: str, status: int, payload: dict[str, Any], he
     assert err.message
 
 
+@pytest.mark.parametrize("body", [
+    b'{"error":{"message":"x","inner_error":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}}",
+    b'{"statusCode":429,"details":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+], ids=["nested error", "nested flat answer"])
+def test_a_deeply_nested_error_body_is_an_upstream_error(body: bytes) -> None:
+    """msgspec raises RecursionError past the recursion limit (tests/test_upstream_faults.py
+    cites where): the dialect reader must still give a ProviderError for the router."""
+    err = azure_error(503, body, {})
+    assert (err.status, err.type) == (503, "server_error")
+    assert err.message.startswith("Azure OpenAI answered HTTP 503")
+
+
 def test_non_json_error_body() -> None:
     err = azure_error(502, b"<html>Bad Gateway</html>", {})
     assert (err.status, err.type, err.code) == (502, "server_error", None)

@@ -44,7 +44,7 @@ models:
     # The file's own problems and the plugins' come out of one run, in the file's order.
     assert result.stderr.splitlines() == [
         f"{path}:line 3: $.providers[0].plugin: no provider plugin named 'not-installed' is installed "
-        "(installed: azure_openai, google, local, openai); install the distribution that provides it, e.g. "
+        "(installed: azure_openai, bfl, fal, google, local, openai, stability); install the distribution that provides it, e.g. "
         "`pip install <its package>`, and check `opengateway plugins`",
         f"{path}:line 6: $.providers[1].settings.colour: unknown field",
         f"{path}:line 8: $.models.openai/gpt-image-1.targets[0]: no provider with id 'c'",
@@ -82,7 +82,7 @@ bogus: 1
         f"{path}:line 13: $.cors.allow_origins[0]: write it as browsers send it: 'https://app.example.com' "
         "(lower case, no path, no default port)",
         f"{path}:line 14: $.bogus: unknown section (expected one of: server, providers, models, aliases, keys, "
-        "router, admin_keys, limits, metrics, dashboard, log, cors)",
+        "router, admin_keys, limits, idempotency, metrics, dashboard, log, cors)",
         f"{path}: 7 problem(s)"], result.stderr
     # Each unset variable is reported once: not again as the empty key the plugin refuses, nor as
     # the empty port that is not a number.

@@ -5,28 +5,19 @@ connections at once. None may produce a 500, hang the server or leave work runni
 from __future__ import annotations
 
 import asyncio
-import signal
-from typing import AsyncIterator
+import re
+from typing import Any
 
 import pytest
 
-from gateway.config import parse_config
-from gateway.server import bind_listeners, serve
 from tests import fake_upstream as fu
-from tests.conftest import GATEWAY_KEY, base_config_yaml, eventually, in_flight
+from tests.conftest import CLIENT_LIMITS, GATEWAY_KEY, base_config_yaml, eventually, in_flight
 
-#: Short server timeouts so slow clients are cut off quickly (defaults: 75 s and 30 s).
-CLIENT_LIMITS = """
-server:
-  keepalive_timeout_s: 1
-  body_read_timeout_s: 1
-router:
-  deadline_s: 30
-"""
 BODY = b'{"model": "openai/gpt-image-1", "prompt": "A small red cube"}'
 
 
 wait_for = eventually
+pytestmark = pytest.mark.usefixtures("loop_stall_guard")
 
 
 @pytest.fixture
@@ -35,23 +26,8 @@ def fake(upstream: fu.FakeUpstream) -> fu.FakeUpstream:
 
 
 @pytest.fixture
-async def port(fake: fu.FakeUpstream) -> AsyncIterator[int]:
-    """The real server (signals, drain, handler cancellation as in production) on a free port."""
-    config = parse_config(base_config_yaml(fake.url, CLIENT_LIMITS), env={})  # type: ignore[attr-defined]
-    listeners = bind_listeners(config, "127.0.0.1", 0)
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(config, listeners, on_ready=lambda _: ready.set()))
-    await asyncio.wait_for(ready.wait(), 30)
-    try:
-        yield listeners.port
-    finally:
-        task.cancel()  # serve() drains on the way out
-        await asyncio.gather(task, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        listeners.close()
+def port(served_port: int) -> int:
+    return served_port
 
 
 def request_bytes(body: bytes = BODY, headers: str = "") -> bytes:
@@ -132,6 +108,9 @@ async def test_oversized_headers_are_refused_not_crashed(port: int, headers: str
     assert status_of(answer) in (400, 431)
 
 
+# 500 requests arriving together queue ~100 ms of ready work in a few loop turns: load, not a
+# stall, so this test gets a bound of its own (a blocking call would still exceed it).
+@pytest.mark.parametrize("loop_stall_bound_s", [0.5])
 async def test_many_concurrent_connections(port: int) -> None:
     """500 clients at once, each a full request: all answered 200, nothing left in flight."""
     before = in_flight()
@@ -157,3 +136,101 @@ async def test_client_leaving_mid_response_is_not_an_error(port: int, fake: fu.F
     await asyncio.sleep(0.2)  # let the server notice the reset on its next write
     errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+# -- half-closed clients: a FIN after a complete request still gets the answer ---------------------
+
+async def half_closed_exchange(port: int, data: bytes, bound_s: float = 30) -> tuple[bytes, float]:
+    """Send ``data``, shut down the write side (shutdown(SHUT_WR)), read until the server closes:
+    everything it sent, and how long it took."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        started = loop.time()
+        writer.write(data)
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), bound_s)
+        return answer, loop.time() - started
+    finally:
+        writer.close()
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("what", ["healthz", "image", "slow image", "pipelined", "http/1.0"])
+async def test_a_half_closed_client_gets_its_answer(port: int, fake: fu.FakeUpstream, what: str) -> None:
+    """aiohttp closed the connection at the client's FIN (aio-libs/aiohttp#3659), so such a
+    client got nothing at all; now every complete request is answered, then the connection closes."""
+    if what == "slow image":  # the FIN arrives while the upstream call is in flight
+        fake.script("gpt-image-1", fu.hang(0.5))
+    data = {"healthz": HEALTHZ, "image": request_bytes(), "slow image": request_bytes(),
+            "pipelined": HEALTHZ + request_bytes(), "http/1.0": HEALTHZ.replace(b"HTTP/1.1", b"HTTP/1.0")}[what]
+    before = in_flight()
+    answer, _ = await half_closed_exchange(port, data)
+    finals = [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer) if code != b"100"]
+    assert finals == [200] * (2 if what == "pipelined" else 1), answer[:300]
+    if what == "http/1.0":
+        assert b" 100 " not in answer  # no interim answers to an HTTP/1.0 client (RFC 9110, 15.2)
+    assert await wait_for(lambda: in_flight() == before)
+
+
+async def test_a_client_that_closed_its_socket_is_cancelled_within_seconds(port: int, fake: fu.FakeUpstream) -> None:
+    """A FIN may also mean the client left: the interim answer it resets gives it away, and its
+    upstream call is cancelled (as before half-closed clients were answered)."""
+    from gateway.half_close import PEER_CHECK_S
+
+    started, release = asyncio.Event(), asyncio.Event()
+    fake.script("gpt-image-1", fu.block(started, release))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_bytes())
+    await writer.drain()
+    await asyncio.wait_for(started.wait(), 30)
+    loop = asyncio.get_running_loop()
+    left = loop.time()
+    writer.close()
+    assert await wait_for(lambda: fake.cancelled == 1), "the upstream call was not cancelled"
+    assert loop.time() - left < 3 * PEER_CHECK_S + 1
+    release.set()
+
+
+@pytest.mark.parametrize("state", ["idle", "mid-body"])
+async def test_a_fin_with_nothing_to_answer_closes_at_once(port: int, state: str) -> None:
+    data = request_bytes()
+    data = HEALTHZ if state == "idle" else data[: len(data) - 10]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        if state == "idle":  # answered, then the connection idles until the client's FIN
+            assert status_of(await asyncio.wait_for(reader.readuntil(b"}"), 30)) == 200
+        writer.write_eof()
+        rest = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert rest == b""  # closed, not answered with a 408 once body_read_timeout_s passed
+
+
+async def test_half_closed_clients_of_the_real_process(tmp_path: Any, fake: fu.FakeUpstream) -> None:
+    """The same through ``python -m gateway serve`` (uvloop, as in production): answered when
+    half-closed, cancelled when gone."""
+    from tests.gateway_process import GatewayProcess
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(base_config_yaml(fake.url, CLIENT_LIMITS))  # type: ignore[attr-defined]
+    gateway = await GatewayProcess.start(path)
+    try:
+        port = int((await gateway.url()).rsplit(":", 1)[1])
+        for data in (HEALTHZ, request_bytes()):
+            answer, _ = await half_closed_exchange(port, data)
+            assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)[-1] == b"200", answer[:200]
+        started, release = asyncio.Event(), asyncio.Event()
+        fake.script("gpt-image-1", fu.block(started, release))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_bytes())
+        await writer.drain()
+        await asyncio.wait_for(started.wait(), 30)
+        writer.close()
+        assert await wait_for(lambda: fake.cancelled == 1), "the upstream call was not cancelled"
+        release.set()
+    finally:
+        await gateway.close()

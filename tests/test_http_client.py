@@ -4,8 +4,12 @@ upstream may send (keep-alive, close, chunked, gzip, garbage, too much), and a r
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import random
 import ssl
+import time
+import zlib
 from typing import Callable
 
 import pytest
@@ -345,3 +349,106 @@ async def test_bytes_beyond_the_declared_length_are_dropped_with_the_connection(
     assert (await client.post(url, b"", {}, timeout_s=5))[0] == 200
     assert server.connections == 2
     await client.close()
+
+
+# -- compressed answers: inflated a slice per loop turn, bounded by max_body_bytes ----------------
+
+def _compress(payload: bytes, encoding: str) -> bytes:
+    from tests.fake_upstream import WBITS
+
+    c = zlib.compressobj(6, zlib.DEFLATED, WBITS[encoding])
+    return c.compress(payload) + c.flush()
+
+
+#: Several inflate slices (gateway/inflate.py SLICE_BYTES is 256 KiB), base64-like and varied.
+BIG_PAYLOAD = b'{"data":[{"b64_json":"' + base64.b64encode(random.Random(7).randbytes(900_000)) + b'"}]}'
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "deflate-raw"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "until-eof", "content-length, close"])
+async def test_compressed_answers_inflate_in_slices_whatever_the_framing(serve, encoding: str, framing: str) -> None:
+    packed = _compress(BIG_PAYLOAD, encoding)
+    sent_as = b"deflate" if encoding == "deflate-raw" else encoding.encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: " + sent_as + b"\r\n"
+
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        if framing == "chunked":
+            writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(
+                b"%x\r\n%s\r\n" % (len(packed[i:i + 8192]), packed[i:i + 8192])
+                for i in range(0, len(packed), 8192)) + b"0\r\n\r\n")
+        elif framing == "until-eof":
+            writer.write(head + b"Connection: close\r\n\r\n" + packed)
+            writer.close()
+        else:  # the whole body at once, then (", close") the connection closes while it inflates
+            close = framing.endswith("close")
+            writer.write(head + (b"Connection: close\r\n" if close else b"") +
+                         b"Content-Length: %d\r\n\r\n" % len(packed) + packed)
+            if close:
+                writer.close()
+
+    server = await serve(answer, OK)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    status, headers, body = await client.post(url, b"{}", {}, timeout_s=10)
+    assert (status, len(body), body == BIG_PAYLOAD) == (200, len(BIG_PAYLOAD), True)
+    assert "Content-Encoding" not in headers
+    assert (await client.post(url, b"{}", {}, timeout_s=10))[::2] == (200, b'{"ok":true}')
+    await client.close()
+
+
+@pytest.mark.parametrize("cut", ["truncated", "corrupt"])
+async def test_a_broken_compressed_body_is_a_protocol_error(serve, cut: str) -> None:
+    packed = gzip.compress(BIG_PAYLOAD)
+    packed = packed[: len(packed) // 2] if cut == "truncated" else packed[:20] + b"\xff" * 64 + packed[84:]
+    server = await serve(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed)
+                         + packed)
+    client = HTTPClient()
+    with pytest.raises(UpstreamProtocolError):
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}, timeout_s=10)
+    await asyncio.sleep(0.01)
+    assert (client.in_use, client.open_connections) == (0, 0)
+    await client.close()
+
+
+async def test_an_empty_compressed_body_is_empty(serve) -> None:
+    server = await serve(b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n")
+    client = HTTPClient()
+    assert (await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}))[::2] == (204, b"")
+    await client.close()
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_compression_bomb_is_refused_as_it_inflates(serve, loop_stall_guard: object, declared: bool) -> None:
+    """32 MiB from 32 KB against a 4 MiB limit: refused after inflating little more than the
+    limit, never in one call, and the connection is dropped with what it held. The chunked body
+    never ends (no last chunk): it is refused as it inflates, not once it is in."""
+    from tests.fake_upstream import compression_bomb
+
+    bomb = compression_bomb(32 << 20)
+    framing = (b"Content-Length: %d\r\n\r\n" % len(bomb) + bomb if declared else
+               b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(bomb), bomb))  # no 0\r\n\r\n
+    server = await serve(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n" + framing)
+    client = HTTPClient(max_body_bytes=4 << 20)
+    with pytest.raises(ResponseTooLarge):
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}, timeout_s=10)
+    await asyncio.sleep(0.01)
+    assert (client.in_use, client.open_connections) == (0, 0)
+    await client.close()
+
+
+async def test_a_compressed_answer_that_times_out_stops_inflating(serve) -> None:
+    """A timeout while slices are still due cancels them: nothing runs for an abandoned answer."""
+    from tests.fake_upstream import compression_bomb
+
+    bomb = compression_bomb(256 << 20)
+    server = await serve(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb)
+    client = HTTPClient(max_body_bytes=512 << 20)
+    with pytest.raises(TimeoutError):
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"", {}, timeout_s=0.05)
+    cpu_s = time.process_time()
+    await asyncio.sleep(0.3)  # inflating what is left would take about a second of CPU
+    assert time.process_time() - cpu_s < 0.1
+    assert (client.in_use, client.open_connections) == (0, 0)
+    await client.close()
+
+

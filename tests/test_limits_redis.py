@@ -15,12 +15,14 @@ from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from gateway.config import LimitsConfig, parse_config
+from gateway.limits import BackendUnavailable
 from gateway.limits.policy import Plan
 from gateway.limits.redis_backend import RedisBackend
 from tests.gate import Gate
 from tests.gateway_process import wait_listening
 from tests.limits_config import AUTH, BODY, KEY, limits_yaml
 from tests.redis_server import RedisServer
+from tests.conftest import eventually
 
 #: A request on a dead Redis must end within this (socket_timeout_s is 0.25 s): a hang guard only.
 HANG_GUARD_S = 30
@@ -223,3 +225,81 @@ async def test_two_real_gateway_processes_share_one_limit(shared_redis: RedisSer
     assert all(r.response.headers["x-ratelimit-limit-requests"] == "20" and "retry-after" in r.response.headers
                for r in refused)
     assert len(upstream.received) == 20
+
+
+# -- a Redis that stalls: an acquire given up on may still be run when Redis resumes -------------
+
+async def _first_200(gw: Any, bound_s: float = 10.0) -> int:
+    """Requests until one is let through (concurrency limit 1, nothing else in flight): how many
+    were refused first. Fails the test past ``bound_s`` (the slot's lease is 360 s)."""
+    refused = 0
+    async with asyncio.timeout(bound_s):
+        while (await gw.post("/v1/images/generations", json=BODY, headers=AUTH)).status == 429:
+            refused += 1
+            await asyncio.sleep(0.05)
+    return refused
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_a_slot_counted_after_a_stall_is_released(replicas: Any, own_redis: RedisServer, upstream: Any,
+                                                        loop_stall_guard: object, on_error: str) -> None:
+    """SIGSTOP: the acquire times out (served without limits, or refused with 503), but its
+    script waits in Redis's socket and runs on SIGCONT, taking the key's only slot for its lease.
+    The gateway must give that slot back."""
+    [gw] = await replicas(own_redis, "{concurrent_requests: 1}", count=1, on_error=on_error, timeout_s=0.1)
+    assert (await gw.post("/v1/images/generations", json=BODY, headers=AUTH)).status == 200  # script loaded
+    own_redis.pause()
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            resp = await gw.post("/v1/images/generations", json=BODY, headers=AUTH)
+    finally:
+        own_redis.resume()
+    assert resp.status == (200 if on_error == "open" else 503)
+    await _first_200(gw)
+
+
+async def test_an_acquire_cancelled_during_a_stall_leaves_no_slot(own_redis: RedisServer,
+                                                                  loop_stall_guard: object) -> None:
+    """A client that leaves cancels its request while the acquire waits on a stalled Redis."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    backend = RedisBackend(LimitsConfig(backend=own_redis.url, key_prefix=prefix, socket_timeout_s=5))
+    plan = Plan(key="k", concurrent_requests=1, slot_lease_s=360)
+    redis = own_redis.client()
+    try:
+        assert (await backend.acquire(plan, "warm")).holds_slot
+        await backend.release("k", "warm")
+        own_redis.pause()
+        try:
+            waiting = asyncio.create_task(backend.acquire(plan, "gone"))
+            await asyncio.sleep(0.2)  # the script is in Redis's socket by now
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            own_redis.resume()
+        assert await eventually(lambda: redis.zcard(f"{prefix}{{k}}:slots") == 0 and
+                                redis.exists(f"{prefix}{{k}}:gone:gone") == 1, 10)
+        assert 0 < redis.pttl(f"{prefix}{{k}}:gone:gone") <= 360_000  # the tombstone lives as long as a slot
+        assert (await backend.acquire(plan, "next")).holds_slot
+    finally:
+        redis.close()
+        await backend.close()
+
+
+async def test_a_release_that_overtakes_its_acquire_wins(shared_redis: RedisServer) -> None:
+    """Redis may run the late acquire after the release (they travel on different connections):
+    the release's tombstone keeps the acquire from taking the slot."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    backend = RedisBackend(LimitsConfig(backend=shared_redis.url, key_prefix=prefix))
+    plan = Plan(key="k", concurrent_requests=1, requests_per_minute=10, slot_lease_s=360)
+    redis = shared_redis.client()
+    try:
+        backend._release_later("k", "late", 360_000)
+        assert await eventually(lambda: redis.exists(f"{prefix}{{k}}:gone:late") == 1, 10)
+        with pytest.raises(BackendUnavailable):
+            await backend.acquire(plan, "late")
+        assert redis.zcard(f"{prefix}{{k}}:slots") == 0 and redis.get(f"{prefix}{{k}}:rpm") is None
+        assert (await backend.acquire(plan, "other")).holds_slot
+    finally:
+        redis.close()
+        await backend.close()
