@@ -3,16 +3,15 @@
 An event is a block of ``field: value`` lines ended by a blank line; only ``event`` and ``data``
 matter here (several ``data`` lines join with a newline). Blocks are found with ``bytes.find`` over
 a growing buffer, resuming where the last search stopped, so a 2 MB event arriving in many
-chunks costs one scan, not one per chunk; the data is handed on as bytes, never decoded.
+chunks costs one scan, not one per chunk; the data is handed on as bytes, never decoded. The scan
+is ``find`` of each line feed (memchr: a 2 MB line of base64 holds none), not a regular
+expression, which would step through every byte in Python's regex engine (44 ms per 2 MB event).
 """
 
 from __future__ import annotations
 
-import re
 from typing import AsyncIterator
 
-#: The end of an event block: a blank line, with LF or CRLF line endings.
-_BLOCK_END = re.compile(rb"\r?\n\r?\n")
 #: The most one event may hold (n images of a few MB of base64 each is well below).
 MAX_EVENT_BYTES = 64 << 20
 
@@ -28,14 +27,15 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, b
     async for chunk in chunks:
         buffer += chunk
         while True:
-            match = _BLOCK_END.search(buffer, max(0, searched - 3))
-            if match is None:
+            found = _block_end(buffer, max(0, searched - 3))
+            if found is None:
                 searched = len(buffer)
                 if len(buffer) > MAX_EVENT_BYTES:
                     raise EventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
                 break
-            event = _parse(buffer, match.start())
-            del buffer[:match.end()]
+            end, after = found
+            event = _parse(buffer, end)
+            del buffer[:after]
             searched = 0
             if event is not None:
                 yield event
@@ -43,6 +43,21 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, b
         event = _parse(buffer, len(buffer))
         if event is not None:
             yield event
+
+
+def _block_end(buffer: bytearray, start: int) -> tuple[int, int] | None:
+    """The first blank line at or after ``start`` (LF or CRLF endings): where the block's last
+    line ends, and where the next block begins; None when none has arrived yet."""
+    size = len(buffer)
+    at = buffer.find(b"\n", start)
+    while at != -1:
+        following = at + 1
+        if following < size and buffer[following] == 0x0A:
+            return at, following + 1
+        if following + 1 < size and buffer[following] == 0x0D and buffer[following + 1] == 0x0A:
+            return at, following + 2
+        at = buffer.find(b"\n", following)
+    return None
 
 
 def _parse(buffer: bytearray, end: int) -> tuple[str, bytes] | None:

@@ -37,7 +37,7 @@ def sniff(head: bytes) -> str | None:
 class InputImage:
     """One input image: its bytes (in memory or in a temporary file), format and dimensions."""
 
-    __slots__ = ("field", "filename", "format", "width", "height", "size", "has_alpha", "_data", "_file", "_sha256")
+    __slots__ = ("field", "filename", "format", "width", "height", "size", "has_alpha", "_data", "_file", "_digest")
 
     def __init__(self, field: str, filename: str | None) -> None:
         self.field = field
@@ -48,7 +48,7 @@ class InputImage:
         self.has_alpha = False
         self._data = bytearray()
         self._file: IO[bytes] | None = None
-        self._sha256 = hashlib.sha256()
+        self._digest: str | None = None
 
     @property
     def content_type(self) -> str:
@@ -56,12 +56,18 @@ class InputImage:
 
     @property
     def digest(self) -> str:
-        """The SHA-256 of the image's bytes (an idempotent request's fingerprint covers its uploads)."""
-        return self._sha256.hexdigest()
+        """The SHA-256 of the image's bytes (an idempotent request's fingerprint covers its
+        uploads): computed when first asked, so that an edit without a key never pays for it
+        (about 1 ms a MB)."""
+        if self._digest is None:
+            sha256 = hashlib.sha256()
+            for chunk in self.chunks():
+                sha256.update(chunk)
+            self._digest = sha256.hexdigest()
+        return self._digest
 
     def write(self, chunk: bytes, spill: bool) -> None:
         """Append a chunk; ``spill``: the request's uploads passed the memory bound, keep this on disk."""
-        self._sha256.update(chunk)
         self.size += len(chunk)
         if self._file is None and spill:
             self._file = tempfile.TemporaryFile(prefix="opengateway-upload-")
