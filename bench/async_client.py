@@ -7,7 +7,9 @@ Two modes, both on 127.0.0.1 only, bounded in time and in count:
               ``--max-requests``): for each, the time from writing the request to the arrival of the
               first bytes of its body, which must be an SSE ``event:`` line (the time to first
               event), and to the end of the answer. The answer must be a 200 whose body holds
-              ``--expect`` (the completed event's name), else it counts as an error.
+              ``--expect`` (the completed event's name), else it counts as an error. The time
+              from the first event to the end of the answer is kept too: a proxy that buffers
+              the stream hands the events over together, however far apart they were sent.
 ``inflight``  ``--count`` connections, one request each, all sent at once: when each body was
               handed to the kernel and when each answer came, so that the caller knows how many
               requests the server held at the same time (while it samples the server's RSS).
@@ -44,6 +46,7 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
+        self.keep_alive = False
         self.first_body_ns = 0
         self.arrived_ns = 0
         self.head = b""
@@ -77,6 +80,8 @@ class _Conn(asyncio.Protocol):
     # httptools callbacks
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # (asked here: llhttp resets it once the message is complete)
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         if not self.first_body_ns:
@@ -112,7 +117,8 @@ async def ttfe(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
     conn = await _connect(args.port, keep_body=True)
     first_us: list[float] = []
     total_us: list[float] = []
-    errors = 0
+    rest_us: list[float] = []  # from the first event to the end of the answer
+    errors = reconnects = 0
     t_end = time.monotonic() + args.duration_s
     t0 = time.perf_counter_ns()
     while time.monotonic() < t_end and len(first_us) + errors < args.max_requests:
@@ -131,18 +137,21 @@ async def ttfe(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
             continue
         first_us.append((conn.first_body_ns - sent_ns) / 1000)
         total_us.append((conn.arrived_ns - sent_ns) / 1000)
-        if not conn.parser.should_keep_alive():
+        rest_us.append((conn.arrived_ns - conn.first_body_ns) / 1000)
+        if not conn.keep_alive:
             conn.transport.close()  # type: ignore[union-attr]
+            reconnects += 1
     duration_s = (time.perf_counter_ns() - t0) / 1e9
     if conn.transport is not None:
         conn.transport.close()
     first_us.sort()
     total_us.sort()
+    rest_us.sort()
     n = len(first_us)
-    return {"requests": n, "errors": errors, "duration_s": duration_s, "rps": n / duration_s if duration_s else 0.0,
+    return {"requests": n, "errors": errors, "reconnects": reconnects, "duration_s": duration_s, "rps": n / duration_s if duration_s else 0.0,
             **{f"p{p}_us": _pct(first_us, p) for p in (50, 90, 99)}, "p999_us": _pct(first_us, 99.9),
             "max_us": first_us[-1] if n else 0.0, "mean_us": sum(first_us) / n if n else 0.0,
-            "total_p50_us": _pct(total_us, 50), "total_p99_us": _pct(total_us, 99)}
+            "total_p50_us": _pct(total_us, 50), "total_p99_us": _pct(total_us, 99), "rest_p50_us": _pct(rest_us, 50)}
 
 
 async def inflight(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
