@@ -242,7 +242,7 @@ def header(b: Bench, nginx_v: str, wrk_v: str) -> str:
     return (f"OpenGateway benchmark - {mode}\n"
             f"gateway --workers {s.workers}, nginx worker_processes {s.workers}, fake upstream "
             f"{s.upstream_workers} process(es) per upstream; S1/S3 {s.duration_s:g} s, S2 "
-            f"{s.s2_duration_s:g} s per measurement\n"
+            f"{s.s2_duration_s:g} s, S6/S7 {s.s67_duration_s:g} s per measurement\n"
             f"machine: {os.cpu_count()} CPUs, {cpu_model()}; Linux {platform.release()}; "
             f"Python {platform.python_version()}; nginx {nginx_v}; wrk {wrk_v}; load average at "
             f"start {b.results.get('loadavg_start', (0,))[0]:.2f}; CPU used by other processes "

@@ -3,7 +3,7 @@
 
 Run (from the repository root, with the project's Python environment)::
 
-    python bench/run.py                  # full run: 3 rounds, about 7 minutes on 2 cores
+    python bench/run.py                  # full run: 3 rounds, about 10 minutes on 2 cores
     python bench/run.py --quick          # CI smoke run: 1 round, short, reduced counts, no targets
     python bench/run.py --rounds 5 --workers 2 --json out.json
     python bench/run.py --only direct,nginx --scenarios S1,S3   # harness without the gateway
@@ -14,7 +14,9 @@ unless ``--keep-tmp``), every process by its own pid, all of them stopped on exi
 Ctrl-C:
 
 * ``bench/fake_upstream.py`` three times: *small* (1 KB base64 image), *large* (2 MB base64
-  image) and *slow* (1 KB, each answer held ``--s4-delay-s`` = 5 s). It is a raw asyncio
+  image) and *slow* (1 KB, each answer held ``--s4-delay-s`` = 5 s); for S6 and S7 four more:
+  *stream* and *relay* (image streams as Server-Sent Events, see S6), *edit* (answers
+  ``POST /v1/images/edits`` with a 1 KB image) and *edit_slow* (the same, held ``--s7-delay-s``). It is a raw asyncio
   Protocol on uvloop answering with pre-built bytes (one process each by default,
   ``--upstream-workers`` for more, SO_REUSEPORT); alone it serves ~80k req/s of the small answer
   on this class of machine, well above what either proxy reaches.
@@ -23,7 +25,10 @@ Ctrl-C:
   ``worker_processes`` equal to the gateway's ``--workers``, upstream keepalive,
   ``proxy_http_version 1.1``, an access log (the gateway logs every request too), response
   buffering in memory (``proxy_buffers 32 64k``, never to a temp file), error log and pid file in
-  the temp dir, run as ``nginx -c CONF -p PREFIX -g 'daemon off;'``.
+  the temp dir, run as ``nginx -c CONF -p PREFIX -g 'daemon off;'``. In front of the streams
+  ``proxy_buffering off`` (each event goes out as it arrives); in front of the edits
+  ``client_max_body_size 64m`` and ``client_body_buffer_size 8m`` with request buffering on (its
+  default): like the gateway, it reads the whole upload into memory before calling the upstream.
 * ``bench/bare_proxy.py`` per upstream for S1-S3 ("aiohttp" in the table): an aiohttp handler
   that decodes the body with msgspec and forwards it with an aiohttp ClientSession, no features:
   the floor of any aiohttp + msgspec proxy on this machine, measured in the same run.
@@ -52,13 +57,28 @@ S4  10,000 connections (one in-flight request each) against the slow upstream (5
     in-flight request holds two file descriptors (client + upstream), so the connection count
     is capped to what the hard RLIMIT_NOFILE allows (2 fds per request plus 10 % spare: with the
     20,000 of the sandbox this was written in, 9,000); the table says when that happened.
+S6  image streams (``stream: true``; the gateway's openai plugin sends ``stream`` and
+    ``partial_images`` upstream and relays the events): (a) one connection, request after
+    request, 1 partial image + the completed one, 1 KB of base64 each, the second event 2 ms after
+    the first: the time to the first ``event:`` bytes, p50 and p99, of direct, nginx and the
+    gateway, measured by ``bench/async_client.py`` (wrk cannot time a first event), and the time
+    added over direct. Target: gateway adds <= 1 ms at p50. (b) 2 partial images + the completed
+    one, 2 MB of base64 each, 8 connections, wrk: req/s and MB/s. Target: >= 0.65 x nginx.
+S7  edits: a multipart ``POST /v1/images/edits`` as the official SDK sends it (fields ``model``,
+    ``prompt``, file ``image``: a valid 4 MiB PNG), answered with a 1 KB image; 8 connections,
+    wrk: req/s of direct, nginx, gateway (no target). Then ``--s7-inflight`` (100) edits sent at
+    once by the asyncio client against *edit_slow*: the peak RSS of the proxy's process tree over
+    its idle RSS (after one warm-up edit) divided by the edits held at once. Target: <= 1.5 x the
+    upload. The table says where each proxy held the upload (the gateway: in memory up to
+    ``server.upload_memory_bytes``, 16 MiB a request, then temporary files).
 S5  soak on a freshly started gateway: idle RSS after start-up (before any request), then a
     warm-up of ``--s5-warmup`` 2 MB requests, RSS after warm-up, then ``--s5-requests``
     (20,000) more, RSS at the end (wrk stops by count; bounded by ``--s5-max-s``).
     Target: growth <= 10 % after warm-up, idle RSS <= 60 MB.
 
-S1-S3 run ``--rounds`` times, interleaving direct/nginx/aiohttp/gateway in rotating order, after one
-short warm-up per target; the table shows the median of the rounds (ratios and added latencies
+S1-S3, S6 and S7 (but its in-flight part) run ``--rounds`` times, interleaving direct/nginx/
+aiohttp/gateway (S6, S7: direct/nginx/gateway) in rotating order, after one short warm-up per
+target; the table shows the median of the rounds (ratios and added latencies
 are computed per round, then the median taken). RSS is VmRSS summed over the process tree
 (master + workers) read from /proc. Nothing is pinned to a CPU: the machine is shared, so
 expect noise between runs and compare ratios rather than absolute numbers. To tell a clean run
@@ -66,8 +86,9 @@ from a disturbed one, the CPU time used by processes this run did not start is m
 second (machine busy time from /proc/stat minus our own process trees) and shown in the header;
 a note flags any phase where it averaged 0.15 cores or more.
 
-``--quick`` (for CI): 1 round, 2 s per measurement, S4 with 500 connections and a 1 s
-upstream, S5 with 600 requests; the targets are not judged. Finishes in well under a minute.
+``--quick`` (for CI): 1 round, 2 s per measurement (S6, S7: 1 s), S4 with 500 connections and
+a 1 s upstream, S5 with 600 requests, S7 with 16 edits in flight and a 1 s upstream; the targets
+are not judged. Finishes in about a minute.
 
 The peers, only with ``--peers litellm,portkey`` (either or both; never in CI, and ``--quick``
 alone installs nothing): LiteLLM's proxy and Portkey's AI gateway, measured beside the gateway
@@ -102,7 +123,10 @@ makes a MISS exit 3), 1 when the harness failed (a process did not start, a prox
 error to the check request, wrk failed), 130 on Ctrl-C.
 
 Beside this file: ``procs.py`` (tools, child processes, ports, RSS), ``wrk.py`` (wrk runs and
-their results), ``report.py`` (the table), ``fake_upstream.py`` and ``post.lua``; for the peers
+their results), ``report.py`` (the table), ``fake_upstream.py`` and ``fake_answers.py`` (its
+answers), ``post.lua``; for S6 and S7 ``s6_s7.py`` (profiles, measurements, the in-flight phase),
+``payloads.py`` (their request bodies and checks), ``async_client.py`` (the asyncio client) and
+``report_s67.py`` (their rows); for the peers
 ``peer_install.py`` (installs and the cache), ``peers.py`` (configs, start, checks),
 ``sockets.py`` (a process tree's TCP sockets from /proc) and ``loopback.cjs``.
 """
@@ -185,7 +209,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         epilog="See the module docstring (bench/run.py) for what each scenario measures.",
     )
     ap.add_argument("--quick", action="store_true", help="CI mode: 1 round, seconds, no targets")
-    ap.add_argument("--rounds", type=int, help="rounds of S1-S3 (median shown); default 3, quick 1")
+    ap.add_argument("--rounds", type=int, help="rounds of S1-S3, S6, S7 (median shown); default 3, quick 1")
     ap.add_argument("--workers", type=int, default=1,
                     help="gateway worker processes = nginx worker_processes (default 1)")
     ap.add_argument("--upstream-workers", type=int, default=1,
@@ -194,7 +218,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     ap.add_argument("--only", default=",".join(TARGETS),
                     help="targets to run, comma-separated subset of direct,nginx,aiohttp,gateway")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
-                    help="scenarios to run, comma-separated subset of S1..S5")
+                    help="scenarios to run, comma-separated subset of S1..S7")
     ap.add_argument("--duration-s", type=int, help="seconds per S1/S3 measurement (default 10)")
     ap.add_argument("--s2-duration-s", type=int, help="seconds per S2 measurement (default 10)")
     ap.add_argument("--s4-conns", type=int, help="S4 connections (default 10000, quick 500)")
