@@ -3,7 +3,7 @@
 
 Run (from the repository root, with the project's Python environment)::
 
-    python bench/run.py                  # full run: 3 rounds, about 10 minutes on 2 cores
+    python bench/run.py                  # full run: 3 rounds, about 11 minutes on 2 cores
     python bench/run.py --quick          # CI smoke run: 1 round, short, reduced counts, no targets
     python bench/run.py --rounds 5 --workers 2 --json out.json
     python bench/run.py --only direct,nginx --scenarios S1,S3   # harness without the gateway
