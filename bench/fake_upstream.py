@@ -1,7 +1,8 @@
 """A fast fake OpenAI images upstream for the benchmark (bench/run.py).
 
-It answers ``POST /v1/images/generations`` (any query string) with one pre-built 200 response
-in OpenAI's exact shape::
+It answers ``POST /v1/images/generations`` and ``POST /v1/images/edits`` (any query string,
+any body: an edit's multipart upload is read and dropped) with one pre-built 200 response in
+OpenAI's exact shape::
 
     {"created": ..., "data": [{"b64_json": "..."}] * n, "background": "opaque",
      "output_format": "png", "quality": "medium", "size": "1024x1024", "usage": {...}}
@@ -10,11 +11,18 @@ and anything else with a pre-built 404. The base64 payload of each image is exac
 ``--image-bytes`` characters (rounded up to a multiple of 4) of a valid base64 string whose
 decoded bytes start with the PNG signature.
 
+With ``--stream-partials K`` it answers generations as OpenAI streams them (``stream: true``, which
+the gateway sends for a streaming client): ``K`` ``image_generation.partial_image`` events and one
+``image_generation.completed``, as Server-Sent Events in a chunked answer (fake_answers.py);
+``--event-gap-s`` spaces the events (the first goes out at once), so that a proxy that buffers the
+stream shows it in the time to the first event.
+
 Design, chosen for speed: a raw ``asyncio.Protocol`` on uvloop (when importable) with a minimal
 HTTP/1.1 parser. Every request body is read in full (Content-Length or chunked), keep-alive and
 pipelining are supported (``Connection: close`` and HTTP/1.0 without keep-alive close after the
-answer), and the answer is one ``transport.write`` of pre-built bytes. ``--delay-s`` holds each
-answer that long (used by S4: many in-flight requests against a slow upstream).
+answer), and the answer is one ``transport.write`` of pre-built bytes (a stream with event gaps:
+one write per event, so pipelined requests are not supported then). ``--delay-s`` holds each
+answer that long (used by S4 and S7: many in-flight requests against a slow upstream).
 
 ``--workers N`` forks N processes that each bind the port with SO_REUSEPORT, so the kernel
 spreads connections between them. The benchmark starts it with one worker by default (on a
@@ -23,6 +31,7 @@ spreads connections between them. The benchmark starts it with one worker by def
 Usage::
 
     python bench/fake_upstream.py --port 8081 [--image-bytes 1024] [--n 1] [--delay-s 0]
+                                  [--stream-partials K [--event-gap-s 0]]
                                   [--workers 1] [--host 127.0.0.1]
 
 It prints ``READY <port>`` on stdout once every worker listens, and exits on SIGTERM/SIGINT.
@@ -32,64 +41,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import signal
 import socket
 import sys
-import time
+
+from fake_answers import Answers, Stream
 
 try:  # uvloop is much faster; the fake still works without it.
     import uvloop
 except ImportError:  # pragma: no cover
     uvloop = None
-
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-
-
-def build_body(image_bytes: int, n: int, created: int | None = None) -> bytes:
-    """The JSON body of one successful answer, with ``n`` images of ``image_bytes`` base64 chars."""
-    b64_len = max(4, (image_bytes + 3) // 4 * 4)
-    raw_len = b64_len // 4 * 3
-    raw = (_PNG_SIG + os.urandom(max(0, raw_len - len(_PNG_SIG))))[:raw_len]
-    b64 = base64.b64encode(raw).decode("ascii")
-    assert len(b64) == b64_len
-    item = '{"b64_json":"' + b64 + '"}'
-    created = int(time.time()) if created is None else created
-    body = (
-        '{"created":' + str(created) + ',"data":[' + ",".join([item] * n) + "],"
-        '"background":"opaque","output_format":"png","quality":"medium","size":"1024x1024",'
-        '"usage":{"input_tokens":20,"input_tokens_details":{"text_tokens":20,"image_tokens":0},'
-        '"output_tokens":1056,"output_tokens_details":{"image_tokens":1056,"text_tokens":0},'
-        '"total_tokens":1076}}'
-    )
-    return body.encode("ascii")
-
-
-def build_response(status_line: bytes, body: bytes, close: bool = False) -> bytes:
-    head = (
-        b"HTTP/1.1 " + status_line + b"\r\n"
-        b"Content-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-        + (b"Connection: close\r\n" if close else b"")
-        + b"x-request-id: req_bench\r\n"
-        b"openai-processing-ms: 1\r\n"
-        b"\r\n"
-    )
-    return head + body
-
-
-class _Responses:
-    def __init__(self, image_bytes: int, n: int) -> None:
-        body = build_body(image_bytes, n)
-        nf = b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}'
-        bad = b'{"error":{"message":"bad request","type":"invalid_request_error","param":null,"code":null}}'
-        self.ok = build_response(b"200 OK", body)
-        self.ok_close = build_response(b"200 OK", body, close=True)
-        self.not_found = build_response(b"404 Not Found", nf)
-        self.not_found_close = build_response(b"404 Not Found", nf, close=True)
-        self.bad_close = build_response(b"400 Bad Request", bad, close=True)
-
 
 _MAX_HEAD = 64 * 1024
 
@@ -98,16 +60,17 @@ class UpstreamProtocol(asyncio.Protocol):
     """One connection: parse requests, skip their bodies, answer with pre-built bytes."""
 
     __slots__ = ("transport", "buf", "body_left", "chunked", "pending", "loop", "resp", "delay",
-                 "closing", "closing_after")
+                 "gap", "closing", "closing_after")
 
-    def __init__(self, resp: _Responses, delay: float) -> None:
+    def __init__(self, resp: Answers, delay: float, gap: float = 0.0) -> None:
         self.resp = resp
         self.delay = delay
+        self.gap = gap
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.body_left = 0          # bytes of a Content-Length body still to skip
         self.chunked = False        # inside a chunked body
-        self.pending: bytes | None = None  # answer to send once the body is read
+        self.pending: bytes | Stream | None = None  # answer to send once the body is read
         self.loop = asyncio.get_event_loop()
         self.closing = False
         self.closing_after = False
@@ -165,7 +128,10 @@ class UpstreamProtocol(asyncio.Protocol):
                 version == b"http/1.0" and b"\r\nconnection: keep-alive" not in head
             )
             path = target.split(b"?", 1)[0]
-            if method == b"post" and path == b"/v1/images/generations":
+            answer: bytes | Stream
+            if method == b"post" and path == b"/v1/images/generations" and self.resp.stream is not None:
+                answer = self.resp.stream_close if close else self.resp.stream  # type: ignore[assignment]  # both set together
+            elif method == b"post" and path in (b"/v1/images/generations", b"/v1/images/edits"):
                 answer = self.resp.ok_close if close else self.resp.ok
             else:
                 answer = self.resp.not_found_close if close else self.resp.not_found
@@ -221,10 +187,18 @@ class UpstreamProtocol(asyncio.Protocol):
         else:
             self._send(answer, close)
 
-    def _send(self, answer: bytes, close: bool = False) -> None:
+    def _send(self, answer: bytes | Stream, close: bool = False) -> None:
         t = self.transport
         if t is None or t.is_closing():
             return
+        if isinstance(answer, Stream):
+            if self.gap <= 0:
+                answer = answer.whole
+            else:
+                t.write(answer.head_and_first)
+                for i, chunk in enumerate(answer.rest, 1):
+                    self.loop.call_later(self.gap * i, self._send, chunk, close and i == len(answer.rest))
+                return
         t.write(answer)
         if close:
             self.closing = True
@@ -253,7 +227,7 @@ def _listen_socket(host: str, port: int, reuseport: bool) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket, resp: _Responses, delay: float, ready_fd: int | None) -> None:
+def serve(sock: socket.socket, resp: Answers, delay: float, gap: float, ready_fd: int | None) -> None:
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
@@ -264,7 +238,7 @@ def serve(sock: socket.socket, resp: _Responses, delay: float, ready_fd: int | N
 
     async def main() -> None:
         server = await loop.create_server(
-            lambda: UpstreamProtocol(resp, delay), sock=sock, backlog=4096
+            lambda: UpstreamProtocol(resp, delay, gap), sock=sock, backlog=4096
         )
         if ready_fd is not None:
             os.write(ready_fd, b"1")
@@ -283,15 +257,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="base64 characters per image (default 1024)")
     ap.add_argument("--n", type=int, default=1, help="images per answer (default 1)")
     ap.add_argument("--delay-s", type=float, default=0.0, help="hold each answer this long")
+    ap.add_argument("--stream-partials", type=int, default=None, metavar="K",
+                    help="answer generations as an SSE stream of K partial images + the completed one")
+    ap.add_argument("--event-gap-s", type=float, default=0.0,
+                    help="with --stream-partials: seconds between the stream's events (default 0)")
     ap.add_argument("--workers", type=int, default=1, help="processes (SO_REUSEPORT)")
     args = ap.parse_args(argv)
 
-    resp = _Responses(args.image_bytes, args.n)
+    resp = Answers(args.image_bytes, args.n, args.stream_partials)
     workers = max(1, args.workers)
     if workers == 1:
         sock = _listen_socket(args.host, args.port, reuseport=False)
         print(f"READY {sock.getsockname()[1]}", flush=True)
-        serve(sock, resp, args.delay_s, None)
+        serve(sock, resp, args.delay_s, args.event_gap_s, None)
         return 0
 
     # Reserve the port (bound, not listening: gets no connections), then fork the workers.
@@ -311,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             _set_pdeathsig()
             try:
                 sock = _listen_socket(args.host, port, reuseport=True)
-                serve(sock, resp, args.delay_s, w)
+                serve(sock, resp, args.delay_s, args.event_gap_s, w)
             finally:
                 os._exit(0)
         os.close(w)

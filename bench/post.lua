@@ -2,6 +2,9 @@
 --
 -- Environment (read once per wrk Lua state):
 --   BENCH_KEY           bearer key sent in Authorization (default "og-bench-key")
+--   BENCH_BODY_FILE     send this file's bytes as the body instead (S6's streaming request, S7's
+--                       4 MB multipart edit), with BENCH_CONTENT_TYPE as its Content-Type; the
+--                       path is the URL's, given on wrk's command line
 --   BENCH_HEADERS       extra request headers, one "Name: value" a line (the routing headers
 --                       a peer such as Portkey needs on every request)
 --   BENCH_MAX_REQUESTS  if > 0: each wrk thread stops after this many responses (count-bounded
@@ -21,6 +24,13 @@ wrk.method = "POST"
 wrk.body = '{"model":"openai/gpt-image-1","prompt":"A small red cube on a white background.",'
         .. '"size":"1024x1024","quality":"medium"}'
 wrk.headers["Content-Type"] = "application/json"
+local body_file = os.getenv("BENCH_BODY_FILE")
+if body_file and body_file ~= "" then
+   local f = assert(io.open(body_file, "rb"))
+   wrk.body = f:read("*a")
+   f:close()
+   wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/octet-stream"
+end
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "og-bench-key")
 for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
    local name, value = string.match(line, "^%s*([^:]+):%s*(.-)%s*$")

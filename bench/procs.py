@@ -30,7 +30,7 @@ API_PATH = "/v1/images/generations"
 MODEL = "openai/gpt-image-1"
 TARGETS = ("direct", "nginx", "aiohttp", "gateway")
 BARE_PROXY = Path(__file__).resolve().parent / "bare_proxy.py"
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 T0 = time.monotonic()
 

@@ -49,7 +49,7 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
     rows: list[list[str]] = []
     med: dict[str, Any] = {}
     notes: list[str] = list(res.get("notes", []))
-    for ph in ("S1-S3", "S4", "S5"):
+    for ph in ("rounds", "S4", "S5", "S7 in flight"):
         avg = b.load.average(ph)
         if avg is not None and avg >= 0.15:
             notes.append(f"other processes used {avg:.2f} of the {os.cpu_count()} cores on average "
@@ -208,6 +208,9 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         notes.append(f"S5: soak at {s5['soak_wrk']['rps']:,.0f} req/s; peak RSS "
                      f"{s5['peak_rss'] / 1e6:.0f} MB; idle after soak "
                      f"{s5['rss_idle_after_soak'] / 1e6:.0f} MB")
+    from report_s67 import s6_s7_rows  # (it uses this module's helpers: imported once they exist)
+
+    rows += s6_s7_rows(b, row, judge, med, notes)
     for name, info in (res.get("peers") or {}).items():
         idle = ", ".join(f"{prof} {rss / 1e6:.0f} MB" for prof, rss in info["idle_rss"].items())
         notes.append(f"{name}: idle RSS after start-up (before any request): {idle}")
@@ -239,11 +242,11 @@ def header(b: Bench, nginx_v: str, wrk_v: str) -> str:
     return (f"OpenGateway benchmark - {mode}\n"
             f"gateway --workers {s.workers}, nginx worker_processes {s.workers}, fake upstream "
             f"{s.upstream_workers} process(es) per upstream; S1/S3 {s.duration_s:g} s, S2 "
-            f"{s.s2_duration_s:g} s per measurement\n"
+            f"{s.s2_duration_s:g} s, S6/S7 {s.s67_duration_s:g} s per measurement\n"
             f"machine: {os.cpu_count()} CPUs, {cpu_model()}; Linux {platform.release()}; "
             f"Python {platform.python_version()}; nginx {nginx_v}; wrk {wrk_v}; load average at "
             f"start {b.results.get('loadavg_start', (0,))[0]:.2f}; CPU used by other processes "
-            f"during S1-S3: {fmt_num(b.load.average('S1-S3'), 2)} cores"
+            f"during the rounds: {fmt_num(b.load.average('rounds'), 2)} cores"
             + "".join(f"\npeer: {_peer_line(name, info, s.workers)}"
                       for name, info in (b.results.get("peers") or {}).items()))
 

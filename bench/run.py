@@ -3,7 +3,7 @@
 
 Run (from the repository root, with the project's Python environment)::
 
-    python bench/run.py                  # full run: 3 rounds, about 7 minutes on 2 cores
+    python bench/run.py                  # full run: 3 rounds, about 11 minutes on 2 cores
     python bench/run.py --quick          # CI smoke run: 1 round, short, reduced counts, no targets
     python bench/run.py --rounds 5 --workers 2 --json out.json
     python bench/run.py --only direct,nginx --scenarios S1,S3   # harness without the gateway
@@ -14,7 +14,9 @@ unless ``--keep-tmp``), every process by its own pid, all of them stopped on exi
 Ctrl-C:
 
 * ``bench/fake_upstream.py`` three times: *small* (1 KB base64 image), *large* (2 MB base64
-  image) and *slow* (1 KB, each answer held ``--s4-delay-s`` = 5 s). It is a raw asyncio
+  image) and *slow* (1 KB, each answer held ``--s4-delay-s`` = 5 s); for S6 and S7 four more:
+  *stream* and *relay* (image streams as Server-Sent Events, see S6), *edit* (answers
+  ``POST /v1/images/edits`` with a 1 KB image) and *edit_slow* (the same, held ``--s7-delay-s``). It is a raw asyncio
   Protocol on uvloop answering with pre-built bytes (one process each by default,
   ``--upstream-workers`` for more, SO_REUSEPORT); alone it serves ~80k req/s of the small answer
   on this class of machine, well above what either proxy reaches.
@@ -23,7 +25,10 @@ Ctrl-C:
   ``worker_processes`` equal to the gateway's ``--workers``, upstream keepalive,
   ``proxy_http_version 1.1``, an access log (the gateway logs every request too), response
   buffering in memory (``proxy_buffers 32 64k``, never to a temp file), error log and pid file in
-  the temp dir, run as ``nginx -c CONF -p PREFIX -g 'daemon off;'``.
+  the temp dir, run as ``nginx -c CONF -p PREFIX -g 'daemon off;'``. In front of the streams
+  ``proxy_buffering off`` (each event goes out as it arrives); in front of the edits
+  ``client_max_body_size 64m`` and ``client_body_buffer_size 8m`` with request buffering on (its
+  default): like the gateway, it reads the whole upload into memory before calling the upstream.
 * ``bench/bare_proxy.py`` per upstream for S1-S3 ("aiohttp" in the table): an aiohttp handler
   that decodes the body with msgspec and forwards it with an aiohttp ClientSession, no features:
   the floor of any aiohttp + msgspec proxy on this machine, measured in the same run.
@@ -52,13 +57,28 @@ S4  10,000 connections (one in-flight request each) against the slow upstream (5
     in-flight request holds two file descriptors (client + upstream), so the connection count
     is capped to what the hard RLIMIT_NOFILE allows (2 fds per request plus 10 % spare: with the
     20,000 of the sandbox this was written in, 9,000); the table says when that happened.
+S6  image streams (``stream: true``; the gateway's openai plugin sends ``stream`` and
+    ``partial_images`` upstream and relays the events): (a) one connection, request after
+    request, 1 partial image + the completed one, 1 KB of base64 each, the second event 2 ms after
+    the first: the time to the first ``event:`` bytes, p50 and p99, of direct, nginx and the
+    gateway, measured by ``bench/async_client.py`` (wrk cannot time a first event), and the time
+    added over direct. Target: gateway adds <= 1 ms at p50. (b) 2 partial images + the completed
+    one, 2 MB of base64 each, 8 connections, wrk: req/s and MB/s. Target: >= 0.65 x nginx.
+S7  edits: a multipart ``POST /v1/images/edits`` as the official SDK sends it (fields ``model``,
+    ``prompt``, file ``image``: a valid 4 MiB PNG), answered with a 1 KB image; 8 connections,
+    wrk: req/s of direct, nginx, gateway (no target). Then ``--s7-inflight`` (100) edits sent at
+    once by the asyncio client against *edit_slow*: the peak RSS of the proxy's process tree over
+    its idle RSS (after one warm-up edit) divided by the edits held at once. Target: <= 1.5 x the
+    upload. The table says where each proxy held the upload (the gateway: in memory up to
+    ``server.upload_memory_bytes``, 16 MiB a request, then temporary files).
 S5  soak on a freshly started gateway: idle RSS after start-up (before any request), then a
     warm-up of ``--s5-warmup`` 2 MB requests, RSS after warm-up, then ``--s5-requests``
     (20,000) more, RSS at the end (wrk stops by count; bounded by ``--s5-max-s``).
     Target: growth <= 10 % after warm-up, idle RSS <= 60 MB.
 
-S1-S3 run ``--rounds`` times, interleaving direct/nginx/aiohttp/gateway in rotating order, after one
-short warm-up per target; the table shows the median of the rounds (ratios and added latencies
+S1-S3, S6 and S7 (but its in-flight part) run ``--rounds`` times, interleaving direct/nginx/
+aiohttp/gateway (S6, S7: direct/nginx/gateway) in rotating order, after one short warm-up per
+target; the table shows the median of the rounds (ratios and added latencies
 are computed per round, then the median taken). RSS is VmRSS summed over the process tree
 (master + workers) read from /proc. Nothing is pinned to a CPU: the machine is shared, so
 expect noise between runs and compare ratios rather than absolute numbers. To tell a clean run
@@ -66,8 +86,9 @@ from a disturbed one, the CPU time used by processes this run did not start is m
 second (machine busy time from /proc/stat minus our own process trees) and shown in the header;
 a note flags any phase where it averaged 0.15 cores or more.
 
-``--quick`` (for CI): 1 round, 2 s per measurement, S4 with 500 connections and a 1 s
-upstream, S5 with 600 requests; the targets are not judged. Finishes in well under a minute.
+``--quick`` (for CI): 1 round, 2 s per measurement (S6, S7: 1 s), S4 with 500 connections and
+a 1 s upstream, S5 with 600 requests, S7 with 16 edits in flight and a 1 s upstream; the targets
+are not judged. Finishes in about a minute.
 
 The peers, only with ``--peers litellm,portkey`` (either or both; never in CI, and ``--quick``
 alone installs nothing): LiteLLM's proxy and Portkey's AI gateway, measured beside the gateway
@@ -102,7 +123,10 @@ makes a MISS exit 3), 1 when the harness failed (a process did not start, a prox
 error to the check request, wrk failed), 130 on Ctrl-C.
 
 Beside this file: ``procs.py`` (tools, child processes, ports, RSS), ``wrk.py`` (wrk runs and
-their results), ``report.py`` (the table), ``fake_upstream.py`` and ``post.lua``; for the peers
+their results), ``report.py`` (the table), ``fake_upstream.py`` and ``fake_answers.py`` (its
+answers), ``post.lua``; for S6 and S7 ``s6_s7.py`` (profiles, measurements, the in-flight phase),
+``payloads.py`` (their request bodies and checks), ``async_client.py`` (the asyncio client) and
+``report_s67.py`` (their rows); for the peers
 ``peer_install.py`` (installs and the cache), ``peers.py`` (configs, start, checks),
 ``sockets.py`` (a process tree's TCP sockets from /proc) and ``loopback.cjs``.
 """
@@ -128,6 +152,9 @@ from pathlib import Path
 from typing import Any
 
 # The rest of the benchmark, beside this file (run as a script, bench/ is on sys.path).
+import s6_s7
+from async_client import AsyncClient, Body
+from payloads import check_edit, check_stream, fetch_stream
 from peer_install import DEFAULT_CACHE, Installed, install
 from peers import PEERS, Peer, PeerRunner
 from procs import (BARE_PROXY, BENCH_KEY, FAKE_UPSTREAM, MODEL, REPO_DIR, SCENARIOS, T0, TARGETS, HarnessError, LoadWatcher,
@@ -163,6 +190,17 @@ class Settings:
     s5_max_s: float = 900.0
     s4_conns_requested: int = 10_000
     s4_cap_reason: str = ""
+    s67_duration_s: float = 5.0   # S6 and S7, per measurement
+    s6_conns: int = 8
+    s6_event_gap_s: float = 0.002
+    s7_conns: int = 8
+    s7_upload_bytes: int = 4 * 1024 * 1024
+    s7_inflight: int = 100
+    s7_delay_s: float = 5.0
+    s7_upload_file_bytes: int = 0  # the PNG's size, once built
+    s7_body_bytes: int = 0         # the whole multipart body's
+    #: server.upload_memory_bytes in the gateway's config (its default, written out).
+    gateway_upload_memory_bytes: int = 16 * 1024 * 1024
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
@@ -171,7 +209,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         epilog="See the module docstring (bench/run.py) for what each scenario measures.",
     )
     ap.add_argument("--quick", action="store_true", help="CI mode: 1 round, seconds, no targets")
-    ap.add_argument("--rounds", type=int, help="rounds of S1-S3 (median shown); default 3, quick 1")
+    ap.add_argument("--rounds", type=int, help="rounds of S1-S3, S6, S7 (median shown); default 3, quick 1")
     ap.add_argument("--workers", type=int, default=1,
                     help="gateway worker processes = nginx worker_processes (default 1)")
     ap.add_argument("--upstream-workers", type=int, default=1,
@@ -180,7 +218,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     ap.add_argument("--only", default=",".join(TARGETS),
                     help="targets to run, comma-separated subset of direct,nginx,aiohttp,gateway")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
-                    help="scenarios to run, comma-separated subset of S1..S5")
+                    help="scenarios to run, comma-separated subset of S1..S7")
     ap.add_argument("--duration-s", type=int, help="seconds per S1/S3 measurement (default 10)")
     ap.add_argument("--s2-duration-s", type=int, help="seconds per S2 measurement (default 10)")
     ap.add_argument("--s4-conns", type=int, help="S4 connections (default 10000, quick 500)")
@@ -189,6 +227,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     ap.add_argument("--s5-requests", type=int, help="S5 soak requests (default 20000, quick 500)")
     ap.add_argument("--s5-warmup", type=int, help="S5 warm-up requests (default 2000, quick 100)")
     ap.add_argument("--s5-max-s", type=float, help="upper bound on the S5 soak time (default 900)")
+    ap.add_argument("--s67-duration-s", type=float, help="seconds per S6/S7 measurement (default 5, quick 1)")
+    ap.add_argument("--s7-inflight", type=int, help="S7 edits held at once (default 100, quick 16)")
+    ap.add_argument("--s7-delay-s", type=float, help="S7 upstream delay for the in-flight edits (default 5, quick 1)")
+    ap.add_argument("--s7-upload-bytes", type=int, default=4 * 1024 * 1024,
+                    help="S7 upload size (a PNG of at least this many bytes; default 4 MiB)")
     ap.add_argument("--peers", default="",
                     help="also measure these peers, comma-separated subset of litellm,portkey: "
                          "installed from PyPI / npm on first use (see --peers-cache)")
@@ -233,6 +276,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         s5_requests=args.s5_requests or (500 if q else 20_000),
         s5_warmup=args.s5_warmup if args.s5_warmup is not None else (100 if q else 2_000),
         s5_max_s=args.s5_max_s or (60.0 if q else 900.0),
+        s67_duration_s=args.s67_duration_s or (1.0 if q else 5.0),
+        s7_inflight=args.s7_inflight or (16 if q else 100),
+        s7_delay_s=args.s7_delay_s if args.s7_delay_s is not None else (1.0 if q else 5.0),
+        s7_upload_bytes=args.s7_upload_bytes,
     )
     s.s4_conns_requested = s.s4_conns
     return args, s
@@ -281,13 +328,14 @@ NGINX_BLOCK = """
             proxy_buffers 32 64k;
             proxy_busy_buffers_size 128k;
             proxy_max_temp_file_size 0;
+            {extra}
         }}
     }}
 """
 
 GATEWAY_CONF = """\
 # Generated by OpenGateway bench/run.py
-server: {{host: 127.0.0.1, port: {port}, access_log: true}}
+server: {{host: 127.0.0.1, port: {port}, access_log: true, upload_memory_bytes: {upload_memory_bytes}}}
 keys:
   - name: bench
     hash: "sha256:{key_hash}"
@@ -309,6 +357,8 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="og-bench-"))
         os.chmod(self.tmp, 0o755)  # nginx workers may run as another user
         self.wrk = Wrk(wrk, self.procs, self.tmp, args.verbose)
+        self.client = AsyncClient(self.procs, self.tmp, BENCH_KEY, args.verbose, log)
+        self.bodies: dict[str, Body] = {}
         # The peers are measured like the other targets: same rounds, same rotation.
         self.peers: list[str] = args.peers
         self.targets = args.only + self.peers
@@ -319,6 +369,7 @@ class Bench:
             "small": Upstream("small", s.small_bytes, 0.0),
             "large": Upstream("large", s.large_bytes, 0.0),
             "slow": Upstream("slow", s.small_bytes, s.s4_delay_s),
+            **s6_s7.upstreams(s),
         }
         self.nginx_ports: dict[str, int] = {}
         self.bare_ports: dict[str, int] = {}
@@ -329,7 +380,7 @@ class Bench:
             [str(REPO_DIR)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
         self.env["NO_PROXY"] = self.env["no_proxy"] = "127.0.0.1,localhost"
         self.env.setdefault("PYTHONUNBUFFERED", "1")
-        self.results: dict[str, Any] = {"rounds": [], "s4": {}, "s5": {}}
+        self.results: dict[str, Any] = {"rounds": [], "s4": {}, "s5": {}, "s7_inflight": {}}
         self.load = LoadWatcher(self.procs)
 
     def phase(self, name: str) -> None:
@@ -351,7 +402,7 @@ class Bench:
             need.add("large")
         if "S4" in self.scenarios and ({"nginx", "gateway", *self.peers} & set(self.targets)):
             need.add("slow")
-        return need
+        return need | s6_s7.needed_profiles(self.scenarios)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -362,6 +413,8 @@ class Bench:
             argv = [sys.executable, str(FAKE_UPSTREAM), "--port", str(u.port),
                     "--image-bytes", str(u.image_bytes), "--n", str(self.s.n),
                     "--delay-s", str(u.delay_s), "--workers", str(self.s.upstream_workers)]
+            if u.kind == "stream":
+                argv += ["--stream-partials", str(u.stream_partials), "--event-gap-s", str(u.event_gap_s)]
             u.proc = self.procs.start(f"fake upstream {name}", argv, self.tmp / f"upstream-{name}.log",
                                       env=self.env)
         for name in sorted(names):
@@ -371,11 +424,30 @@ class Bench:
                        lambda u=u: "READY" in (self.tmp / f"upstream-{u.name}.log").read_text(),
                        self.procs, u.proc, 30)
             if u.delay_s == 0:
-                status, body = post_images(u.port)
-                if status != 200:
-                    raise HarnessError(f"fake upstream {name} answered {status}: {body[:200]!r}")
                 # What every proxy in front of it must hand back unchanged (its answer is fixed).
-                u.images = image_b64s(body)
+                if u.kind == "stream":
+                    u.events = fetch_stream(u.port, u.stream_partials)
+                elif u.kind == "edit":
+                    body = self.bodies[name]
+                    u.images = check_edit(f"fake upstream {name}", u.port, body.content_type,
+                                          body.file.read_bytes(), None)
+                else:
+                    status, raw = post_images(u.port)
+                    if status != 200:
+                        raise HarnessError(f"fake upstream {name} answered {status}: {raw[:200]!r}")
+                    u.images = image_b64s(raw)
+
+    def check_target(self, name: str, port: int, u: Upstream, log_path: Path | None = None) -> None:
+        """One request through a proxy in front of ``u``: the upstream's answer comes back unchanged."""
+        if u.kind == "stream":
+            assert u.events is not None
+            check_stream(name, port, u.stream_partials, u.events, log_path)
+        elif u.kind == "edit":
+            body = self.bodies[u.name]
+            check_edit(name, port, body.content_type, body.file.read_bytes(), u.images, log_path)
+        else:
+            assert u.images is not None
+            check_images(name, port, u.images, log_path=log_path)
 
     def start_nginx(self, names: set[str], nofile: int) -> None:
         prefix = self.tmp / "nginx"
@@ -387,7 +459,8 @@ class Bench:
             port = free_ports(1)[0]
             self.nginx_ports[name] = port
             blocks.append(NGINX_BLOCK.format(name=f"up_{name}", port=port,
-                                             upstream_port=self.upstreams[name].port))
+                                             upstream_port=self.upstreams[name].port,
+                                             extra=s6_s7.NGINX_EXTRA.get(name, "")))
         conf = prefix / "nginx.conf"
         conf.write_text(NGINX_CONF.format(
             workers=self.s.workers, nofile=nofile, prefix=prefix,
@@ -399,10 +472,7 @@ class Bench:
             wait_until(f"nginx ({name})", lambda port=port: _connects(port), self.procs,
                        self.nginx_proc, 15)
             if self.upstreams[name].delay_s == 0:
-                status, body = post_images(port)
-                if status != 200:
-                    raise HarnessError(f"nginx ({name}) answered {status}: {body[:300]!r}\n"
-                                       f"{tail(prefix / 'error.log')}")
+                self.check_target(f"nginx ({name})", port, self.upstreams[name], prefix / "error.log")
 
     def start_bare_proxies(self, names: set[str]) -> None:
         """bench/bare_proxy.py per profile: the floor of any aiohttp + msgspec proxy."""
@@ -426,7 +496,7 @@ class Bench:
         g.conf = self.tmp / f"gateway-{name}.yaml"
         g.conf.write_text(GATEWAY_CONF.format(
             port=g.port, key_hash=hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
-            upstream_port=upstream.port, model=MODEL))
+            upstream_port=upstream.port, model=MODEL, upload_memory_bytes=self.s.gateway_upload_memory_bytes))
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(g.conf),
                 "--host", "127.0.0.1", "--port", str(g.port)]
         if self.s.workers > 1:
@@ -443,9 +513,7 @@ class Bench:
                    lambda: http_request(g.port, "GET", "/healthz", timeout=2)[0] == 200,
                    self.procs, g.proc, 60)
         if check_post:
-            assert g.upstream.images is not None
-            check_images(f"gateway {g.name}", g.port, g.upstream.images,
-                         log_path=self.tmp / f"gateway-{g.name}.log")
+            self.check_target(f"gateway {g.name}", g.port, g.upstream, self.tmp / f"gateway-{g.name}.log")
 
     def install_peers(self) -> None:
         """Each peer from its registry, or from the cache of an earlier run."""
@@ -514,19 +582,33 @@ class Bench:
     def rounds(self) -> None:
         s = self.s
         plan = [sc for sc in ("S1", "S2", "S3") if sc in self.scenarios]
-        if not plan:
+        # S6 and S7 in the same rounds: S6a (time to first event), S6b (relay), S7 (edits).
+        extra = [key for sc in ("S6", "S7") if sc in self.scenarios for key in s6_s7.ROUND_KEYS[sc]]
+        extra_targets = [t for t in self.targets if t in s6_s7.S67_TARGETS]
+        if not extra_targets:
+            extra = []
+        if not plan and not extra:
             return
-        profile = {"S1": "small", "S2": "small", "S3": "large"}
+        profile = {"S1": "small", "S2": "small", "S3": "large", **s6_s7.PROFILE}
         # Warm-up: each target on each profile once (connection pools, lazy imports, caches).
         for prof in sorted({profile[sc] for sc in plan}):
             for t in self.targets:
                 conns = s.s1_conns if prof == "small" else s.s3_conns
                 self.wrk.run(self.port_of(t, prof), conns, 2, s.warmup_s, label=f"warm-up {t} {prof}",
                              headers=self.headers_of(t, prof))
+        for key in extra:
+            for t in extra_targets:
+                if t != "direct":  # the fake upstream has nothing to warm
+                    s6_s7.warm_up(self, key, t, self.port_of(t, profile[key]))
         for r in range(s.rounds):
             k = r % len(self.targets)
             order = self.targets[k:] + self.targets[:k]
             rnd: dict[str, dict[str, Any]] = {}
+            for key in extra:
+                rnd[key] = {}
+                for t in [x for x in order if x in extra_targets]:
+                    rnd[key][t] = s6_s7.measure(self, key, t, self.port_of(t, profile[key]), f"{key} {t} r{r + 1}")
+                log(f"round {r + 1}/{s.rounds} {key}: {s6_s7.round_log(key, rnd[key])}")
             for sc in plan:
                 rnd[sc] = {}
                 for t in order:
@@ -641,6 +723,8 @@ class Bench:
         if self.peers:
             self.install_peers()  # before anything starts: a failed install costs no measurement
         profiles = self._needed_profiles()
+        if {"S6", "S7"} & set(self.scenarios):
+            self.bodies = s6_s7.write_bodies(self.tmp, self.s)
         log(f"temp dir {self.tmp}; starting fake upstreams {sorted(profiles)}")
         self.start_upstreams(profiles)
         if "nginx" in self.targets:
@@ -659,11 +743,12 @@ class Bench:
                 wanted.append(("slow", "slow"))
             if "S5" in self.scenarios:
                 wanted.append(("soak", "large"))
+            wanted += [(prof, prof) for prof in ("stream", "relay", "edit", "edit_slow") if prof in profiles]
             for name, prof in wanted:  # start them all, then wait: start-ups overlap
                 self.start_gateway(name, self.upstreams[prof])
             for name, _ in wanted:
                 # The soak gateway gets no request before S5: its idle RSS is a fresh process's.
-                self.wait_gateway(self.gateways[name], check_post=name not in ("soak", "slow"))
+                self.wait_gateway(self.gateways[name], check_post=name not in ("soak", "slow", "edit_slow"))
             for name, g in self.gateways.items():
                 assert g.proc is not None
                 log(f"gateway {name}: pid {g.proc.pid}, port {g.port}, tree {tree_pids(g.proc.pid)}")
@@ -671,10 +756,10 @@ class Bench:
             self.start_peers()
         if self.nginx_proc is not None:
             log(f"nginx: pid {self.nginx_proc.pid}, ports {self.nginx_ports}")
-        self.phase("S1-S3")
+        self.phase("rounds")
         self.rounds()
         self.check_access_log()
-        for name in ("small", "large"):
+        for name in ("small", "large", "stream", "relay", "edit"):
             if name in self.gateways:
                 self.stop_gateway(self.gateways[name])
             for peer in self.peers:
@@ -687,6 +772,11 @@ class Bench:
             self.phase("S5")
             self.s5()
             self.stop_gateway(self.gateways["soak"])
+        if "S7" in self.scenarios and ({"nginx", "gateway"} & set(self.targets)):
+            self.phase("S7 in flight")
+            s6_s7.s7_inflight(self)
+            if "edit_slow" in self.gateways:
+                self.stop_gateway(self.gateways["edit_slow"])
 
     def check_access_log(self) -> None:
         """The gateway must run with its access log on: count the lines it wrote."""

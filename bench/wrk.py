@@ -56,11 +56,13 @@ class Wrk:
 
     def run(self, port: int, conns: int, threads: int, duration_s: float, timeout_s: float = 5.0,
             stop_after: int | None = None, label: str = "",
-            headers: dict[str, str] | None = None) -> WrkResult:
-        """One wrk run at http://127.0.0.1:port/v1/images/generations.
+            headers: dict[str, str] | None = None, path: str = API_PATH,
+            body: tuple[Path, str] | None = None) -> WrkResult:
+        """One wrk run at http://127.0.0.1:port/v1/images/generations (or ``path``).
 
         With ``stop_after`` the run ends after that many responses (each thread stops at its
         share and drops a marker file; then wrk gets SIGINT), ``duration_s`` being the bound.
+        ``body``: (file, Content-Type) of the body to send instead of post.lua's JSON request.
         """
         self.count += 1
         threads = max(1, min(threads, conns))
@@ -68,6 +70,8 @@ class Wrk:
         env = dict(os.environ, BENCH_KEY=BENCH_KEY)
         if headers:
             env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
+        if body is not None:
+            env.update(BENCH_BODY_FILE=str(body[0]), BENCH_CONTENT_TYPE=body[1])
         stop_base = None
         per_thread = 0
         if stop_after:
@@ -76,7 +80,7 @@ class Wrk:
             env.update(BENCH_MAX_REQUESTS=str(per_thread), BENCH_STOP_FILE=str(stop_base))
         argv = [self.path, "-t", str(threads), "-c", str(conns), "-d", f"{max(1, math.ceil(duration_s))}s",
                 "--timeout", f"{max(1, math.ceil(timeout_s))}s", "-s", str(POST_LUA),
-                f"http://127.0.0.1:{port}{API_PATH}"]
+                f"http://127.0.0.1:{port}{path}"]
         p = self.procs.start(f"wrk {label}", argv, out_path, env=env)
         deadline = time.monotonic() + duration_s + 30 + timeout_s
         interrupted = False
@@ -115,9 +119,13 @@ class Upstream:
     name: str
     image_bytes: int
     delay_s: float
+    kind: str = "images"        # what it answers: "images" (JSON), "stream" (SSE), "edit" (JSON to edits)
+    stream_partials: int = 0    # kind "stream": partial images before the completed one
+    event_gap_s: float = 0.0    # kind "stream": seconds between events
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     images: list[str] | None = None  # the b64_json strings it answers with, once seen
+    events: list[tuple[str, str]] | None = None  # kind "stream": (event name, b64_json), once seen
 
 
 @dataclass
