@@ -13,6 +13,9 @@ Two modes, both on 127.0.0.1 only, bounded in time and in count:
 ``inflight``  ``--count`` connections, one request each, all sent at once: when each body was
               handed to the kernel and when each answer came, so that the caller knows how many
               requests the server held at the same time (while it samples the server's RSS).
+              ``--rounds N``: each connection sends its request N times, the next one as soon as
+              the last is answered (as wrk does); the times are the first request's and the last
+              answer's.
 
 The request is ``POST --path`` with the bytes of ``--body-file`` and ``--content-type``, and the
 bench key as a bearer token. It prints one line, ``BENCH_RESULT {json}``, and exits 0 (1 when the
@@ -162,18 +165,22 @@ async def inflight(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
     statuses: dict[str, int] = {}
 
     async def one(i: int, conn: _Conn) -> None:
-        answer = conn.start(request)
-        assert conn.transport is not None
-        while conn.transport.get_write_buffer_size() and not answer.done():
-            await asyncio.sleep(0.001)  # until the whole body is in the kernel's hands
-        sent[i] = (time.perf_counter_ns() - t0) / 1e9
-        try:
-            await asyncio.wait_for(answer, args.timeout_s)
-            key = str(conn.status)
-        except (asyncio.TimeoutError, ConnectionError) as exc:
-            key = type(exc).__name__
-        answered[i] = (time.perf_counter_ns() - t0) / 1e9
-        statuses[key] = statuses.get(key, 0) + 1
+        for _ in range(args.rounds):  # (the next request as soon as the answer is in, as wrk does)
+            answer = conn.start(request)
+            assert conn.transport is not None
+            while conn.transport.get_write_buffer_size() and not answer.done():
+                await asyncio.sleep(0.001)  # until the whole body is in the kernel's hands
+            if not sent[i]:
+                sent[i] = (time.perf_counter_ns() - t0) / 1e9
+            try:
+                await asyncio.wait_for(answer, args.timeout_s)
+                key = str(conn.status)
+            except (asyncio.TimeoutError, ConnectionError) as exc:
+                key = type(exc).__name__
+            answered[i] = (time.perf_counter_ns() - t0) / 1e9
+            statuses[key] = statuses.get(key, 0) + 1
+            if key != "200" or not conn.keep_alive:
+                break
 
     await asyncio.gather(*(one(i, c) for i, c in enumerate(conns)))
     for c in conns:
@@ -201,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=100_000, help="ttfe: at most this many")
     ap.add_argument("--expect", default="image_generation.completed", help="ttfe: in every answer's body")
     ap.add_argument("--count", type=int, default=16, help="inflight: requests at once")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="inflight: requests per connection, each sent when the last is answered")
     ap.add_argument("--timeout-s", type=float, default=30.0, help="per answer")
     args = ap.parse_args(argv)
     request = _request(args.port, args.path, args.content_type, Path(args.body_file).read_bytes(), args.key)
