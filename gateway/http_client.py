@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
+import math
 import ssl
 import time
 import zlib
@@ -90,17 +90,24 @@ def _header_block(headers: Mapping[str, str]) -> str:
     return block
 
 
+#: What a connection's header and body lists are between answers: never appended to, since the
+#: parser calls ``on_message_begin`` (which makes an answer's own lists) before any other callback.
+_NO_LIST: list[Any] = []
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight, answered through ``waiter``."""
 
     __slots__ = ("pool", "origin", "transport", "parser", "waiter", "closed", "idle_since", "past_parser",
                  "status", "headers", "chunks", "size", "declared", "complete", "keep_alive", "until_eof", "sink",
-                 "drained", "inflater", "inflating", "body_in", "paused")
+                 "drained", "inflater", "inflating", "body_in", "paused", "deadline_slot")
 
     def __init__(self, pool: HTTPClient, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        #: Made when an answer's first bytes arrive and dropped once it is complete: a call waiting
+        #: for its answer (seconds to minutes for an image) holds no parser (about 770 bytes).
+        self.parser: httptools.HttpResponseParser | None = None
         #: The call's answer: (status, headers, body), or (status, headers, BodyStream) when streaming.
         self.waiter: asyncio.Future[tuple[int, CIMultiDictProxy[str], Any]] | None = None
         self.closed = False
@@ -110,15 +117,18 @@ class _Connection(asyncio.Protocol):
         self.sink: BodyStream | None = None
         #: Set while the transport's write buffer is full (a large request body waits for it).
         self.drained: asyncio.Future[None] | None = None
+        #: The slot of the pool's deadlines the call's answer waits in.
+        self.deadline_slot: int | None = None
         self._reset()
 
     def _reset(self) -> None:
         if self.past_parser:  # the last body went round the parser, which still expects it
-            self.parser = httptools.HttpResponseParser(self)
+            self.parser = None
             self.past_parser = False
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
+        # An answer's own lists come with its first bytes (on_message_begin); until then, none.
+        self.headers: list[tuple[str, str]] = _NO_LIST
+        self.chunks: list[bytes] = _NO_LIST
         self.size = 0
         self.declared: int | None = None  # the answer's Content-Length
         self.complete = False
@@ -132,11 +142,10 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # TCP_NODELAY is already on: asyncio and uvloop set it on every TCP transport they make
+        # (tests/test_http_client.py checks both). Asking for the socket here would cost each
+        # connection a cached socket object.
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # The request goes out in one write; Nagle would only hold back a TLS record's tail.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self.sink is None and (self.waiter is None or self.waiter.done()):  # bytes nobody asked for
@@ -145,8 +154,11 @@ class _Connection(asyncio.Protocol):
         if self.past_parser:
             self._body_bytes(data)
             return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpResponseParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
             waiter = self.waiter
             if self.declared is not None and not self.complete and waiter is not None and not waiter.done():
                 # The rest of a Content-Length body is kept as the socket delivers it: the parser
@@ -197,16 +209,21 @@ class _Connection(asyncio.Protocol):
                     "the upstream closed the connection before answering in full"))
         # The parser holds bound methods of this object and the transport holds it: break both
         # cycles, so a closed connection is freed now rather than by a later garbage collection.
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None
         self.transport = None
 
     # -- httptools callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers, self.chunks = [], []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        parser = self.parser
+        assert parser is not None  # (it is the caller)
+        self.status = parser.get_status_code()
         if 100 <= self.status < 200:  # an interim answer (we never send Expect): wait for the real one
             return
         length = None
@@ -221,7 +238,7 @@ class _Connection(asyncio.Protocol):
         if length is not None and length > limit:
             raise ResponseTooLarge(limit, length)
         self.declared = None if chunked else length
-        self.keep_alive = self.parser.should_keep_alive()  # Connection and version: known by now
+        self.keep_alive = parser.should_keep_alive()  # Connection and version: known by now
         self.until_eof = length is None and not chunked
         if self.sink is not None and self.waiter is not None and not self.waiter.done():
             # A streaming call gets the status and headers now, the body as it comes.
@@ -263,12 +280,15 @@ class _Connection(asyncio.Protocol):
             self._reset()
             return
         self.complete = True
+        assert self.parser is not None  # (it is the caller)
         self.keep_alive = self.parser.should_keep_alive()  # only meaningful while the message is current
         self._finish()
 
     # -- results ----------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        if self.complete:
+            self.parser = None  # the next answer gets a fresh one (see __init__)
         if self.sink is not None:
             self.sink.end(None)
             return
@@ -291,7 +311,7 @@ class _Connection(asyncio.Protocol):
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         headers = CIMultiDict(self.headers)
         # An idle pooled connection must not hold its last answer (thousands of them can idle).
-        self.chunks, self.headers = [], []
+        self.chunks, self.headers = _NO_LIST, _NO_LIST
         if inflater is not None:
             headers.popall("Content-Encoding")
         waiter.set_result((self.status, CIMultiDictProxy(headers), body))
@@ -349,6 +369,14 @@ class _Connection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed
+
+    def reusable_idle(self) -> bool:
+        """Nothing was sent on it since it was opened or last answered."""
+        return not self.closed and self.transport is not None
+
+    def answered(self, answer: asyncio.Future[Any]) -> None:
+        """The call's answer is done (a result, a failure, a timeout, or its caller gave up)."""
+        self.pool._answered(self, answer)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -436,9 +464,67 @@ def was_sent(exc: BaseException) -> bool:
     return bool(getattr(exc, "after_send", False))
 
 
-def _expire(waiter: asyncio.Future[object]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class _Deadlines:
+    """The timeouts of the calls waiting for their answers, in slots of ``SLOT_S``: one timer per
+    slot that holds calls, not one per call. A uvloop timer handle costs about 500 bytes and
+    thousands of calls wait at once (bench/inflight_memory.py); a call times out at most
+    ``SLOT_S`` after its deadline."""
+
+    SLOT_S = 0.025
+
+    __slots__ = ("_loop", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, dict[asyncio.Future[Any], None]] = {}
+
+    def add(self, deadline: float, waiter: asyncio.Future[Any]) -> int:
+        """Fail ``waiter`` with TimeoutError once ``deadline`` (loop time) has passed; its slot."""
+        slot = math.ceil(deadline / self.SLOT_S)
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = {}
+            self._loop.call_at(slot * self.SLOT_S, self._expire, slot)
+        waiters[waiter] = None
+        return slot
+
+    def discard(self, slot: int, waiter: asyncio.Future[Any]) -> None:
+        waiters = self._slots.get(slot)
+        if waiters is not None:
+            waiters.pop(waiter, None)
+
+    def _expire(self, slot: int) -> None:
+        for waiter in self._slots.pop(slot, ()):
+            if not waiter.done():
+                waiter.set_exception(TimeoutError())
+
+
+def _fail(answer: asyncio.Future[Any], exc: BaseException) -> None:
+    if answer.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):  # the loop is shutting down
+        answer.cancel()
+    else:
+        answer.set_exception(exc)
+
+
+class _NewCall:
+    """A call whose request a task writes once it has a connection (``HTTPClient.request``)."""
+
+    __slots__ = ("pool", "task", "conn")
+
+    def __init__(self, pool: HTTPClient) -> None:
+        self.pool = pool
+        self.task: asyncio.Task[None] | None = None
+        #: Set once the request is written: from then on the answer is the connection's.
+        self.conn: _Connection | None = None
+
+    def settled(self, answer: asyncio.Future[Any]) -> None:
+        if self.conn is not None:
+            self.pool._answered(self.conn, answer)
+        elif answer.cancelled() and self.task is not None and not self.task.done():
+            self.task.cancel()  # given up while its connection is being made: stop making it
+        self.task = self.conn = None
 
 
 def _request_bytes(method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
@@ -479,6 +565,7 @@ class HTTPClient:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: _Deadlines | None = None
 
     @property
     def in_use(self) -> int:
@@ -494,46 +581,114 @@ class HTTPClient:
                    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         return await self.request("POST", url, body, headers, params, timeout_s)
 
-    async def request(self, method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
-                      params: Mapping[str, str] | None = None, timeout_s: float | None = None,
-                      ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    def request(self, method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
+                params: Mapping[str, str] | None = None, timeout_s: float | None = None,
+                ) -> asyncio.Future[tuple[int, CIMultiDictProxy[str], bytes]]:
         """Send ``method`` with ``body`` and ``headers`` (Host, User-Agent, Content-Length are
-        added; no Content-Length for a body-less GET, HEAD or DELETE) and return status, headers
+        added; no Content-Length for a body-less GET, HEAD or DELETE); awaited, the status, headers
         and the whole (decompressed) body. ``timeout_s`` bounds the whole call (waiting for a
-        pooled connection included) with TimeoutError."""
+        pooled connection included) with TimeoutError. Cancelling the future gives the call up.
+
+        Not a coroutine: the request is written (on a pooled connection at once, else by a task
+        that connects first) and the answer's future returned, so a call waiting for its answer
+        (seconds to minutes for an image) holds no frame of this client, only that future."""
         origin, request, payload = _request_bytes(method, url, body, headers, params)
         loop = self._loop
         if loop is None:  # one client, one loop (and Python 3.11 makes a system call per lookup)
             loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        conn = self._idle_connection(origin)
-        if conn is None:  # a new connection, or a wait for a free one: rare, so asyncio.timeout is fine
-            async with asyncio.timeout_at(deadline):
-                conn = await self._acquire(origin)
-        waiter = conn.waiter = loop.create_future()
-        # A timer handle on the answer's future is cheaper than a Timeout context per request.
-        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
-        sent = False
+        answer: asyncio.Future[tuple[int, CIMultiDictProxy[str], bytes]] = loop.create_future()
+        conn = self._idle_connection(origin) if payload is None else None
+        if conn is not None:
+            self._send(conn, request, answer, deadline)
+        else:
+            call = _NewCall(self)
+            call.task = loop.create_task(self._connect_and_send(origin, request, payload, answer, deadline, call))
+            # Added before the caller awaits: runs before it resumes, like _Connection.answered.
+            answer.add_done_callback(call.settled)
+        return answer
+
+    async def _connect_and_send(self, origin: Origin, request: bytes, payload: Payload | None,
+                                answer: asyncio.Future[Any], deadline: float | None, call: _NewCall) -> None:
+        """A request that needs a new connection, or a wait for a free one (rare, so asyncio's
+        timeout is fine here), or whose body is sent in pieces: until it is written. Its outcome
+        goes to ``answer``, never out of this task."""
+        try:
+            conn = self._idle_connection(origin)
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._acquire(origin)
+        except BaseException as exc:
+            _fail(answer, exc)
+            return
+        if answer.done():  # given up meanwhile: nothing was sent on it
+            self._release(conn, reuse=conn.reusable_idle())
+            return
+        if payload is None:
+            try:
+                self._send(conn, request, answer, deadline, call)
+            except BaseException as exc:
+                _fail(answer, exc)
+            return
+        conn.waiter = answer
         try:
             assert conn.transport is not None
             conn.transport.write(request)
-            if payload is not None:  # a large body (an edit's images): sent with backpressure
-                async with asyncio.timeout_at(deadline):
-                    await conn.send(payload)
-            sent = True
-            result = await waiter
+            del request
+            async with asyncio.timeout_at(deadline):  # an edit's images: sent with backpressure
+                await conn.send(payload)
         except BaseException as exc:
             conn.waiter = None
             self._release(conn, reuse=False)
-            if sent:
-                mark_sent(exc)
+            _fail(answer, exc)
+            return
+        self._watch(conn, answer, deadline, call)
+
+    def _send(self, conn: _Connection, request: bytes, answer: asyncio.Future[Any], deadline: float | None,
+              call: _NewCall | None = None) -> None:
+        """Write ``request`` whole on ``conn``; its answer goes to ``answer``."""
+        conn.waiter = answer
+        try:
+            assert conn.transport is not None
+            conn.transport.write(request)
+        except BaseException:
+            conn.waiter = None
+            self._release(conn, reuse=False)
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        self._watch(conn, answer, deadline, call)
+
+    def _watch(self, conn: _Connection, answer: asyncio.Future[Any], deadline: float | None,
+               call: _NewCall | None = None) -> None:
+        """The request is written whole: bound the wait for its answer (a slot of the shared
+        deadlines, not a Timeout context or a timer per call) and give the connection back once
+        the answer is done (``_Connection.answered``, run before the caller resumes: a future's
+        callbacks run in the order they were added)."""
+        if deadline is not None:
+            deadlines = self._deadlines
+            if deadlines is None:
+                assert self._loop is not None
+                deadlines = self._deadlines = _Deadlines(self._loop)
+            conn.deadline_slot = deadlines.add(deadline, answer)
+        if call is None:
+            answer.add_done_callback(conn.answered)
+        else:  # its callback is in place already; its task ends here
+            call.conn, call.task = conn, None
+
+    def _answered(self, conn: _Connection, answer: asyncio.Future[Any]) -> None:
+        if conn.deadline_slot is not None:
+            if self._deadlines is not None:
+                self._deadlines.discard(conn.deadline_slot, answer)
+            conn.deadline_slot = None
         conn.waiter = None
+        if answer.cancelled():  # the caller gave up (a router timeout, a client that left)
+            self._release(conn, reuse=False)
+            return
+        exc = answer.exception()
+        if exc is not None:
+            mark_sent(exc)  # written whole: the upstream may have taken it and be working on it
+            self._release(conn, reuse=False)
+            return
         self._release(conn, reuse=conn.reusable())
-        return result
 
     async def stream(self, method: str, url: str, body: bytes | Payload, headers: Mapping[str, str],
                      params: Mapping[str, str] | None = None, timeout_s: float | None = None,

@@ -2,7 +2,7 @@
 
 It sits on the gateway's pooled HTTP/1.1 client (gateway/http_client.py), shared by every plugin
 of the process, and maps every transport failure to a ``ProviderError`` in one place
-(``_mapped``): a timeout, a refused or reset connection, an unparseable answer, an answer over
+(``_provider_error``): a timeout, a refused or reset connection, an unparseable answer, an answer over
 ``server.max_upstream_body_bytes``. A plugin only ever sees an ``Answer`` or a ProviderError.
 """
 
@@ -27,29 +27,38 @@ class Answer(NamedTuple):
     body: bytes
 
 
+#: The transport failures ``_provider_error`` maps.
+_TRANSPORT_ERRORS = (ResponseTooLarge, asyncio.TimeoutError, UpstreamProtocolError, OSError)
+
+
+def _provider_error(exc: Exception, upstream: str, timeout_s: float | None) -> ProviderError:
+    """A transport failure (one of ``_TRANSPORT_ERRORS``) as a retryable ProviderError naming
+    ``upstream`` (an over-long answer is not retryable: the same upstream would send it again)."""
+    if isinstance(exc, ResponseTooLarge):
+        size = f" ({exc.size} bytes)" if exc.size is not None else ""
+        return ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
+                             status=502, code="upstream_response_too_large", retryable=False,
+                             ambiguous=True)  # it did generate: it answered
+    if isinstance(exc, asyncio.TimeoutError):
+        within = f" within {timeout_s:.3g} s" if timeout_s is not None else " in time"
+        return ProviderError(f"{upstream} did not answer{within}.", code="timeout", timeout=True,
+                             retryable=True, ambiguous=was_sent(exc))
+    if isinstance(exc, UpstreamProtocolError):
+        return ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",
+                             retryable=True, ambiguous=was_sent(exc))
+    sent = was_sent(exc)
+    what = "lost the connection after the request was sent" if sent else "could not be reached"
+    return ProviderError(f"{upstream} {what}: {type(exc).__name__}.", code="connection_error",
+                         retryable=True, ambiguous=sent)
+
+
 @contextlib.contextmanager
 def _mapped(upstream: str, timeout_s: float | None) -> Iterator[None]:
-    """Transport failures as retryable ProviderErrors naming ``upstream`` (an over-long answer is
-    not retryable: the same upstream would send it again)."""
+    """``_provider_error`` around a block."""
     try:
         yield
-    except ResponseTooLarge as exc:
-        size = f" ({exc.size} bytes)" if exc.size is not None else ""
-        raise ProviderError(f"The {upstream} answer{size} exceeds the gateway's limit of {exc.limit} bytes.",
-                            status=502, code="upstream_response_too_large", retryable=False,
-                            ambiguous=True) from None  # it did generate: it answered
-    except asyncio.TimeoutError as exc:
-        within = f" within {timeout_s:.3g} s" if timeout_s is not None else " in time"
-        raise ProviderError(f"{upstream} did not answer{within}.", code="timeout", timeout=True,
-                            retryable=True, ambiguous=was_sent(exc)) from None
-    except UpstreamProtocolError as exc:
-        raise ProviderError(f"{upstream} sent an invalid HTTP answer: {exc}", code="connection_error",
-                            retryable=True, ambiguous=was_sent(exc)) from None
-    except OSError as exc:
-        sent = was_sent(exc)
-        what = "lost the connection after the request was sent" if sent else "could not be reached"
-        raise ProviderError(f"{upstream} {what}: {type(exc).__name__}.", code="connection_error",
-                            retryable=True, ambiguous=sent) from None
+    except _TRANSPORT_ERRORS as exc:
+        raise _provider_error(exc, upstream, timeout_s) from None
 
 
 class UpstreamHTTP:
@@ -69,8 +78,12 @@ class UpstreamHTTP:
     async def post_json(self, url: str, body: bytes, headers: Mapping[str, str], *, upstream: str,
                         timeout_s: float | None, params: Mapping[str, str] | None = None) -> Answer:
         """POST an encoded JSON body (``headers`` should carry its Content-Type)."""
-        with _mapped(upstream, timeout_s):
+        # try/except rather than ``_mapped``: a context manager's generator would wait with every
+        # call for its answer (about 480 bytes per request in flight, bench/inflight_memory.py).
+        try:
             return Answer(*await self._client.request("POST", url, body, headers, params, timeout_s))
+        except _TRANSPORT_ERRORS as exc:
+            raise _provider_error(exc, upstream, timeout_s) from None
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, url: str, *, upstream: str, timeout_s: float | None,

@@ -452,3 +452,78 @@ async def test_a_compressed_answer_that_times_out_stops_inflating(serve) -> None
     await client.close()
 
 
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_upstream_sockets_have_nagle_off(loop_name: str) -> None:
+    """The client leaves TCP_NODELAY to the event loop: asyncio's and uvloop's TCP transports set
+    it on every connection they make (a request is one write; Nagle would hold back its tail)."""
+    import socket
+
+    import uvloop
+
+    async def scenario() -> int:
+        server = await Scripted(OK).start()
+        client = HTTPClient()
+        await client.post(f"http://127.0.0.1:{server.port}/x", b"{}", {})
+        (conn,) = [c for idle in client._idle.values() for c in idle]
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        nodelay = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        await client.close()
+        await server.stop()
+        return nodelay
+
+    factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert runner.run(scenario()) == 1
+
+
+async def test_calls_time_out_on_their_own_deadlines(serve) -> None:
+    """Timeouts share a timer per slot of 25 ms: each call still fails at its own deadline (not
+    before it, at most a slot after), and a call that got its answer is not failed later."""
+    async def never(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    silent = await serve(never)
+    answering = await serve(OK)
+    client = HTTPClient()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ended: dict[float, float] = {}
+
+    async def call(timeout_s: float) -> None:
+        with pytest.raises(TimeoutError):
+            await client.post(f"http://127.0.0.1:{silent.port}/x", b"", {}, timeout_s=timeout_s)
+        ended[timeout_s] = loop.time() - started
+
+    answered = await client.post(f"http://127.0.0.1:{answering.port}/x", b"", {}, timeout_s=0.2)
+    await asyncio.gather(*(call(t) for t in (0.1, 0.2, 0.3, 0.31)))
+    assert answered[0] == 200
+    for timeout_s, took_s in ended.items():
+        assert timeout_s <= took_s < timeout_s + 0.15, ended
+    await asyncio.sleep(0.05)
+    assert (client.in_use, client.open_connections) == (0, 1)  # the answered one stays pooled
+    await client.close()
+
+
+async def test_answers_of_every_framing_after_an_interim_one_keep_their_own_lists(serve) -> None:
+    """Between answers a connection's header and body lists are one shared empty list
+    (http_client._NO_LIST), and each answer gets its own when it begins, an answer that follows a
+    ``100 Continue`` included: the shared list stays empty whatever the framing."""
+    from gateway import http_client
+
+    body = b'{"ok":true}'
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ok\r\n7\r\n\":true}\r\n0\r\n\r\n"
+    gzipped = gzip.compress(body)
+    compressed = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(gzipped), gzipped)
+    server = await serve(interim + OK, chunked, compressed, interim + chunked, OK)
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{server.port}/x"
+    for _ in range(5):
+        status, headers, answer = await client.post(url, b"{}", {}, timeout_s=5)
+        assert (status, answer) == (200, body)
+        assert "Content-Encoding" not in headers
+    assert server.connections == 1 and http_client._NO_LIST == []
+    await client.close()
