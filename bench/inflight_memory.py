@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="requests per connection, the next sent when the last is answered (S4's wrk does)")
     ap.add_argument("--trace", action="store_true", help="tracemalloc snapshots (adds its own overhead)")
-    ap.add_argument("--group", choices=("lineno", "owner"), default="owner")
+    ap.add_argument("--group", choices=("lineno", "owner", "none"), default="owner",
+                    help="with --trace: where the memory goes, by line or by owning frame; none: totals only")
     ap.add_argument("--census", action="store_true", help="objects by type (gc.get_objects)")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--sample", metavar="TYPE", action="append", default=[],
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             await asyncio.sleep(0.5)
             idle = status_kb()
-            snap0 = tracemalloc.take_snapshot() if args.trace else None
+            snap0 = tracemalloc.take_snapshot() if args.trace and args.group != "none" else None
             census0 = census() if args.census else None
             ids0 = {id(o) for o in gc.get_objects()} if args.sample else set()
             if args.trace:
@@ -251,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             held = int(in_flight())
             await asyncio.sleep(0.3)
             busy = status_kb()
-            ramp_peak = tracemalloc.get_traced_memory()[1] - traced0 if args.trace else 0
-            snap1 = tracemalloc.take_snapshot() if args.trace else None
+            traced_now, traced_peak = tracemalloc.get_traced_memory() if args.trace else (0, 0)
+            ramp_peak = traced_peak - traced0
+            snap1 = tracemalloc.take_snapshot() if args.trace and args.group != "none" else None
             census1 = census() if args.census else None
             lines = [f"{held:,} requests in flight (asked {args.count:,}) after {time.monotonic() - t0:.1f} s",
                      f"VmRSS   {idle['VmRSS'] / 1024:7.1f} -> {busy['VmRSS'] / 1024:7.1f} MB: "
@@ -261,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{(busy['RssAnon'] - idle['RssAnon']) * 1024 / max(held, 1):,.0f} B per request"]
             results.update(held=held, idle_kb=idle, busy_kb=busy,
                            rss_per_request=(busy["VmRSS"] - idle["VmRSS"]) * 1024 / max(held, 1))
+            if args.trace:
+                results["traced_per_request"] = (traced_now - traced0) / max(held, 1)
+                lines.append(f"tracemalloc: {results['traced_per_request']:,.0f} B per request in flight; peak while "
+                             f"they arrived: {ramp_peak / max(held, 1):,.0f} B per request")
             if snap0 is not None and snap1 is not None:
-                lines.append(f"tracemalloc peak while they arrived: {ramp_peak / max(held, 1):,.0f} B per request")
                 lines += report_trace(snap0, snap1, max(held, 1), args.group, args.top)
             if census0 is not None and census1 is not None:
                 lines += report_census(census0, census1, max(held, 1), args.top)
@@ -283,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
             await asyncio.sleep(0.5)
             before_gc = status_kb()["VmRSS"]
             unreachable = gc.collect()
-            results.update(peak_kb=peak, cyclic_garbage=unreachable)
+            results.update(peak_kb=peak, cyclic_garbage=unreachable,
+                           peak_rss_per_request=(peak - idle["VmRSS"]) * 1024 / max(held, 1))
             if args.trace:
                 peak_traced = tracemalloc.get_traced_memory()[1] - traced0
+                results["traced_peak_per_request"] = peak_traced / max(held, 1)
                 print(f"tracemalloc peak over idle while answering: {peak_traced / max(held, 1):,.0f} B per request",
                       flush=True)
             print(f"after the answers: VmRSS {before_gc / 1024:.1f} MB; a full collection found "

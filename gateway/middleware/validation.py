@@ -16,7 +16,9 @@ from gateway.validation import decode_fields, decode_request
 
 @web.middleware
 def validation_middleware(request: web.Request, handler: Handler) -> Next:
-    body = request.get(BODY)
+    # Taken out of the request: once decoded, its bytes are a second copy of the prompt, which
+    # would wait with the request for its upstream (an edit's images are held by the body link).
+    body = request.pop(BODY, None)
     if body is None:
         return handler(request)
     runtime = request[RUNTIME]
