@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Mapping
 
-from gateway import __version__
+from gateway import LOG_FORMAT, __version__
 from gateway.listeners import Listeners
 from gateway.config import (Config, ConfigError, Problem, config_from_env, inspect_config, load_config, related,
                             with_lines)
@@ -122,14 +122,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "unset it for `opengateway serve`, or set it to the upstream's URL.", file=sys.stderr)
         return 2
     if workers > 1:
-        from gateway.supervisor import WorkerSpec, run_workers
+        from gateway.supervisor import Spec, exec_supervisor
 
-        argv = ["--log-level", args.log_level, "serve"] + (["--config", path] if path else [])
         env = dict(os.environ)
-        if generated_key:
+        if generated_key:  # every worker must accept the key printed above
             env["OPENGATEWAY_API_KEY"] = generated_key
-        text = _read_text(path) if path else None
-        return run_workers(WorkerSpec(argv, env, config.server.drain_timeout_s, path, text), listeners, workers)
+        admin_fd = listeners.admin.fileno() if listeners.admin is not None else None
+        # The supervisor is a lean program of its own (gateway/supervisor.py): this process, which
+        # has loaded the whole config machinery to check the file, becomes it (same pid).
+        exec_supervisor(Spec(workers, listeners.public.fileno(), admin_fd, config.server.drain_timeout_s,
+                             args.log_level, path), env)
     from gateway.server import install_uvloop, serve
 
     install_uvloop()
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level not in LOG_LEVELS:  # argparse does not check a default against the choices
         parser.error(f"OPENGATEWAY_LOG_LEVEL: invalid choice: {args.log_level.lower()!r} "
                      f"(choose from {', '.join(level.lower() for level in LOG_LEVELS)})")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     return args.func(args)
 
 

@@ -14,7 +14,9 @@ must reach every worker or none:
   gets the outcome (``reloaded``): how many workers took the new config;
 - ``broadcast``: a message a worker sends to its siblings (a dashboard sign-out).
 
-Only msgspec and the standard library are imported: the supervisor stays lean.
+The workers read and write these messages with the msgspec types below; the supervisor, which
+imports no msgspec, reads and writes the same JSON lines with the standard library's json module
+(gateway/supervisor_loop.py, ``LineChannel``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-#: The most a single message may hold (a config file's text is well below).
+#: The most a single message may hold (a config file's text is well below; the supervisor's side
+#: has the same bound, gateway.supervisor_loop.MAX_MESSAGE_BYTES).
 MAX_MESSAGE_BYTES = 16 << 20
 
 

@@ -1,7 +1,7 @@
 """``opengateway serve --workers N``: N worker processes on one port, restarted when they crash.
 
-The supervisor binds the listening sockets once and every worker inherits them (``pass_fds``),
-as gunicorn and uvicorn do, rather than each worker binding with SO_REUSEPORT:
+The supervisor binds the listening sockets once and every worker inherits them, as gunicorn and
+uvicorn do, rather than each worker binding with SO_REUSEPORT:
 - bind errors (port in use, no permission) are reported once, before any worker starts, and a
   second gateway on the same port fails instead of silently joining the port group;
 - connections waiting in the accept queue survive a worker's crash or restart (with
@@ -10,40 +10,49 @@ as gunicorn and uvicorn do, rather than each worker binding with SO_REUSEPORT:
 The cost: the kernel does not balance accepts between workers; a busy worker's event loop simply
 accepts less often. Image calls last seconds, so this evens out; measure before adding workers.
 
+The supervisor is a small program of its own. ``opengateway serve`` reads and checks the config
+and binds the sockets as it does for one worker, then replaces itself (``exec_supervisor``: same
+pid, so signals and process managers see no change) with ``python -m gateway.supervisor``, which
+imports none of the app: no asyncio (its loop is gateway/supervisor_loop.py), aiohttp,
+prometheus_client, msgspec or YAML. It reads the config file's text and hands it over; the
+workers parse it. About 14 MB of RSS instead of a worker's 50 (README, Performance).
+
 Workers are fresh interpreters (not forks), so ``PROMETHEUS_MULTIPROC_DIR`` is in their
 environment before they import prometheus_client; the supervisor creates and empties that
 directory at start and marks each dead worker's live gauges dead.
 
-Each worker also gets a control channel (gateway/control.py): the supervisor hands it the
+Each worker also gets a control channel (gateway/control.py: JSON lines; the workers' side uses
+its msgspec types, this side the standard json module): the supervisor hands it the
 configuration at start and runs every reload on all workers at once (SIGHUP to the supervisor or
 to any worker, ``POST /admin/reload`` on any worker), two-phase, so that they never run different
-configurations. The supervisor imports neither the app nor the plugins: it reads the config
-file's text and the workers parse it.
+configurations.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import logging
 import os
-import secrets
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from collections import deque
 
-from gateway.control import Channel, Message, Outcome, Problem
-from gateway.listeners import Listeners
+from gateway import LOG_FORMAT
+from gateway.supervisor_loop import LineChannel, Loop, Timer
+
+TYPE_CHECKING = False  # the typing module is not imported at run time (the supervisor stays lean)
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn
+
+    #: A control message as JSON gives it (its fields: gateway.control.Message).
+    Message = dict[str, Any]
 
 log = logging.getLogger("opengateway")
 
-#: The variable prometheus_client reads (gateway.metrics.MULTIPROCESS_ENV; not imported here so
-#: that the supervisor itself never registers metrics).
+#: The variable prometheus_client reads (gateway.metrics.MULTIPROCESS_ENV; not imported here).
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUPERVISOR_PID_ENV = "OPENGATEWAY_SUPERVISOR_PID"
 #: Restart backoff: doubles on each crash in a row, reset once a worker has stayed up a while.
@@ -56,262 +65,418 @@ STOP_GRACE_S = 10.0
 RELOAD_PHASE_S = 60.0
 
 
-@dataclass
-class WorkerSpec:
-    """How to start one worker: the CLI arguments after ``python -m gateway``, its environment,
-    and the config file (None: the workers configure themselves from the environment) with the
-    text the supervisor read from it at start."""
+class Spec:
+    """What ``opengateway serve`` hands over on the supervisor's command line (``exec_supervisor``)."""
 
-    argv: list[str]
-    env: dict[str, str]
-    drain_timeout_s: float
-    config_path: str | None = None
-    config_text: str | None = None
+    __slots__ = ("workers", "listen_fd", "admin_fd", "drain_timeout_s", "log_level", "config_path")
+
+    def __init__(self, workers: int, listen_fd: int, admin_fd: int | None, drain_timeout_s: float,
+                 log_level: str, config_path: str | None) -> None:
+        self.workers, self.listen_fd, self.admin_fd = workers, listen_fd, admin_fd
+        self.drain_timeout_s, self.log_level, self.config_path = drain_timeout_s, log_level, config_path
+
+    def argv(self) -> list[str]:
+        out = ["--workers", str(self.workers), "--listen-fd", str(self.listen_fd),
+               "--drain-timeout-s", repr(self.drain_timeout_s), "--log-level", self.log_level]
+        if self.admin_fd is not None:
+            out += ["--admin-fd", str(self.admin_fd)]
+        if self.config_path is not None:
+            out += ["--config", self.config_path]
+        return out
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> Spec:
+        if len(argv) % 2:
+            raise ValueError(f"expected --name value pairs, got {argv!r}")
+        given = dict(zip(argv[::2], argv[1::2]))
+        admin = given.get("--admin-fd")
+        return cls(int(given["--workers"]), int(given["--listen-fd"]), int(admin) if admin is not None else None,
+                   float(given["--drain-timeout-s"]), given["--log-level"], given.get("--config"))
+
+    def worker_argv(self) -> list[str]:
+        """A worker's arguments after ``python -m gateway`` (the sockets' and channel's fds follow)."""
+        return ["--log-level", self.log_level, "serve"] + (["--config", self.config_path] if self.config_path else [])
 
 
-@dataclass
+def exec_supervisor(spec: Spec, env: dict[str, str]) -> NoReturn:
+    """Become the supervisor: the listening sockets (``spec``'s fds) stay open across the exec."""
+    os.set_inheritable(spec.listen_fd, True)
+    if spec.admin_fd is not None:
+        os.set_inheritable(spec.admin_fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "gateway.supervisor", *spec.argv()], env)
+
+
 class _Slot:
-    index: int
-    process: asyncio.subprocess.Process | None = None
-    crashes_in_a_row: int = 0
-    exit_codes: list[int] = field(default_factory=list)
-    channel: Channel | None = None
-    #: The worker said it serves, on this generation of the config.
-    ready: bool = False
-    generation: int = 0
+    """One worker's place: restarted in it when it dies."""
+
+    __slots__ = ("index", "pid", "channel", "ready", "generation", "crashes_in_a_row", "exit_codes", "started_at",
+                 "restart")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid: int | None = None
+        self.channel: LineChannel | None = None
+        #: The worker said it serves, on this generation of the config.
+        self.ready = False
+        self.generation = 0
+        self.crashes_in_a_row = 0
+        self.exit_codes: list[int] = []
+        self.started_at = 0.0
+        self.restart: Timer | None = None
 
 
 def prepare_metrics_dir(env: dict[str, str]) -> tuple[str, bool]:
     """The multiprocess metrics directory, emptied (values left by an earlier run would be summed),
     and whether we created it (and so remove it at exit)."""
     path = env.get(PROMETHEUS_DIR_ENV)
-    if not path:
-        return tempfile.mkdtemp(prefix="opengateway-metrics-"), True
-    os.makedirs(path, exist_ok=True)
-    for name in os.listdir(path):
-        if name.endswith(".db"):
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+        return path, False
+    base = next((env[v] for v in ("TMPDIR", "TEMP", "TMP") if env.get(v)), "/tmp")
+    for _ in range(100):  # as tempfile.mkdtemp does, without importing it
+        path = os.path.join(base, "opengateway-metrics-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path, True
+    raise FileExistsError(f"no free name for the metrics directory in {base}")
+
+
+def remove_metrics_dir(path: str) -> None:
+    """The directory we created: only the workers' flat ``.db`` files are in it."""
+    try:
+        for name in os.listdir(path):
             os.unlink(os.path.join(path, name))
-    return path, False
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def mark_process_dead(pid: int, metrics_dir: str) -> None:
+    """What ``prometheus_client.multiprocess.mark_process_dead`` does, without importing it: a dead
+    worker's live gauges (the multiprocess modes named ``live...``: its in-flight requests) stop
+    counting, so its ``gauge_live<mode>_<pid>.db`` files are removed. Its counters, histograms
+    and other gauges stay: the totals keep what it counted. (tests/test_supervisor.py checks that
+    both remove the same files.)"""
+    suffix = f"_{pid}.db"
+    try:
+        names = os.listdir(metrics_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("gauge_live") and name.endswith(suffix) and "_" not in name[6:-len(suffix)]:
+            try:
+                os.unlink(os.path.join(metrics_dir, name))
+            except FileNotFoundError:
+                pass
+
+
+def _refused(of: int, path: str, message: str) -> Message:
+    """A reload's outcome (gateway.control.Outcome, as JSON) for a config that was not taken."""
+    return {"status": "refused", "of": of, "problems": [{"path": path, "message": message}]}
+
+
+def _unique(problems: list[Message]) -> list[Message]:
+    """Every worker reports the same problems of the same file: once each."""
+    return list({(p.get("path"), p.get("message"), p.get("line")): p for p in problems}.values())
+
+
+class _Phase:
+    """One phase of a reload: a message to some workers, then their answers, until each has
+    answered (or died) or ``RELOAD_PHASE_S`` has passed; ``on_done`` gets the answers in the
+    order of ``slots`` (None: none in time)."""
+
+    __slots__ = ("_owner", "_id", "_answers", "_waiting", "_on_done", "_timer", "_done")
+
+    def __init__(self, owner: Supervisor, op: str, reload_id: int, slots: list[_Slot],
+                 on_done: Callable[[list[Message | None]], None], text: str | None = None,
+                 generation: int = 0) -> None:
+        self._owner, self._id, self._on_done = owner, reload_id, on_done
+        self._answers: dict[int, Message | None] = {slot.index: None for slot in slots}
+        self._waiting = set(self._answers)
+        self._done = False
+        message: Message = {"op": op, "id": reload_id}
+        if generation:
+            message["generation"] = generation
+        if text is not None:
+            message["text"] = text
+        for slot in slots:
+            owner.phases[(slot.index, reload_id)] = self
+            assert slot.channel is not None
+            slot.channel.send(message)
+        self._timer = owner.loop.call_later(RELOAD_PHASE_S, self._finish)
+        if not self._waiting:
+            self._finish()
+
+    def answer(self, index: int, outcome: Message | None) -> None:
+        if index in self._waiting:
+            self._answers[index] = outcome
+            self._waiting.discard(index)
+            if not self._waiting:
+                self._finish()
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._timer.cancel()
+        for index in self._answers:
+            self._owner.phases.pop((index, self._id), None)
+        self._on_done(list(self._answers.values()))
 
 
 class Supervisor:
-    def __init__(self, spec: WorkerSpec, listeners: Listeners, workers: int, metrics_dir: str) -> None:
-        self.spec = spec
-        self.listeners = listeners
-        self.slots = [_Slot(i + 1) for i in range(workers)]
-        self.metrics_dir = metrics_dir
-        self.stopping = asyncio.Event()
+    def __init__(self, spec: Spec, listeners: list[socket.socket], config_text: str | None, env: dict[str, str],
+                 metrics_dir: str, loop: Loop) -> None:
+        self.spec, self.listeners, self.env, self.metrics_dir, self.loop = spec, listeners, env, metrics_dir, loop
+        self.slots = [_Slot(i + 1) for i in range(spec.workers)]
         #: The configuration every worker runs, and its generation (+1 per committed reload).
-        self.config_text = spec.config_text
+        self.config_text = config_text
         self.generation = 1
         #: Signs dashboard sessions when the config sets no dashboard.session_secret, so that a
         #: session works on every worker of this run.
-        self.session_secret = secrets.token_urlsafe(32)
-        self._reload_lock = asyncio.Lock()
+        self.session_secret = os.urandom(32).hex()
+        self.phases: dict[tuple[int, int], _Phase] = {}
         self._ids = itertools.count(1)
-        self._answers: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._reloads: deque[Callable[[Message], None]] = deque()
+        self._reloading = False
+        self._by_pid: dict[int, _Slot] = {}
+        self.stopping = False
         #: Set when no worker could start with the config (exit code 2 before serving): nothing
         #: would fix it by restarting, so the supervisor stops with that code.
         self.fatal: int | None = None
         self._ever_ready = False
+        self._kill_timer: Timer | None = None
 
-    def _command(self, control_fd: int) -> tuple[list[str], tuple[int, ...]]:
-        fds = [self.listeners.public.fileno(), control_fd]
-        argv = [sys.executable, "-m", "gateway", *self.spec.argv, "--listen-fd", str(fds[0]),
-                "--control-fd", str(control_fd)]
-        if self.listeners.admin is not None:
-            fds.append(self.listeners.admin.fileno())
-            argv += ["--admin-fd", str(fds[-1])]
-        return argv, tuple(fds)
+    # -- workers --------------------------------------------------------------------------------
 
-    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
+    def _spawn(self, slot: _Slot) -> None:
         ours, theirs = socket.socketpair()
         try:
-            argv, fds = self._command(theirs.fileno())
-            env = {**self.spec.env, PROMETHEUS_DIR_ENV: self.metrics_dir, SUPERVISOR_PID_ENV: str(os.getpid())}
-            # The worker inherits SIGHUP blocked (the mask survives fork and exec) and unblocks it once
-            # its handler is in place: a reload asked meanwhile waits instead of killing it.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-            try:
-                process = await asyncio.create_subprocess_exec(*argv, env=env, pass_fds=fds)
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        except BaseException:
+            theirs.set_inheritable(True)  # with the listening sockets, the only descriptors it inherits
+            argv = [sys.executable, "-m", "gateway", *self.spec.worker_argv(), "--listen-fd",
+                    str(self.spec.listen_fd), "--control-fd", str(theirs.fileno())]
+            if self.spec.admin_fd is not None:
+                argv += ["--admin-fd", str(self.spec.admin_fd)]
+            env = {**self.env, PROMETHEUS_DIR_ENV: self.metrics_dir, SUPERVISOR_PID_ENV: str(os.getpid())}
+            # SIGHUP blocked in the worker until its handler is in place (gateway/server.py): a
+            # reload asked meanwhile waits instead of killing it.
+            pid = os.posix_spawn(sys.executable, argv, env, setsigmask={signal.SIGHUP})
+        except OSError as exc:
             ours.close()
-            raise
+            log.error("worker %d could not be started: %s", slot.index, exc)
+            self._schedule_restart(slot)
+            return
         finally:
             theirs.close()
-        slot.ready, slot.generation = False, 0
-        slot.channel = await Channel.open(ours)
+        slot.pid, slot.started_at, slot.ready, slot.generation = pid, time.monotonic(), False, 0
+        self._by_pid[pid] = slot
+        channel = slot.channel = LineChannel(self.loop, ours, functools.partial(self._handle, slot),
+                                             lambda: self._channel_closed(slot, channel))
         # The committed configuration, whatever the file holds now: a worker that starts during a
         # reload joins on the old one and is brought up to date once it is ready.
-        slot.channel.send(Message(op="start", generation=self.generation, text=self.config_text,
-                                  session_secret=self.session_secret))
-        self._track(asyncio.create_task(slot.channel.serve(functools.partial(self._handle, slot))))
-        log.info("worker %d started (pid %d)", slot.index, process.pid)
-        return process
+        channel.send({"op": "start", "generation": self.generation, "text": self.config_text,
+                      "session_secret": self.session_secret})
+        log.info("worker %d started (pid %d)", slot.index, pid)
 
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _channel_closed(self, slot: _Slot, channel: LineChannel) -> None:
+        if slot.channel is channel:
+            slot.channel = None
+
+    def _reap(self) -> None:
+        """SIGCHLD: every worker that has exited."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self._by_pid.pop(pid, None)
+            if slot is not None:
+                self._exited(slot, pid, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, slot: _Slot, pid: int, code: int) -> None:
+        mark_process_dead(pid, self.metrics_dir)
+        slot.exit_codes.append(code)
+        slot.pid, slot.ready = None, False
+        if slot.channel is not None:
+            slot.channel.close()
+        for phase in list(self.phases.values()):
+            phase.answer(slot.index, None)
+        if self.stopping:
+            log.info("worker %d (pid %d) exited with %d", slot.index, pid, code)
+            return
+        if code == 2 and not self._ever_ready:
+            # The config (or a plugin's settings) cannot start a worker: restarting won't help.
+            log.error("worker %d could not start with the configuration (above); stopping", slot.index)
+            self.fatal = 2
+            self._stop(signal.SIGTERM)
+            return
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        delay_s = self._schedule_restart(slot)
+        log.error("worker %d (pid %d) died (%s); restarting in %.1f s", slot.index, pid, how, delay_s)
+
+    def _schedule_restart(self, slot: _Slot) -> float:
+        if time.monotonic() - slot.started_at > STABLE_AFTER_S:
+            slot.crashes_in_a_row = 0
+        delay_s = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * 2 ** slot.crashes_in_a_row)
+        slot.crashes_in_a_row += 1
+        slot.restart = self.loop.call_later(delay_s, functools.partial(self._restart, slot))
+        return delay_s
+
+    def _restart(self, slot: _Slot) -> None:
+        slot.restart = None
+        if not self.stopping:
+            self._spawn(slot)
+
+    # -- messages from the workers --------------------------------------------------------------
 
     def _handle(self, slot: _Slot, message: Message) -> None:
-        op = message.op
+        op = message.get("op")
         if op == "ready":
-            slot.ready, slot.generation = True, message.generation
+            slot.ready, slot.generation = True, int(message.get("generation", 0))
             self._ever_ready = True
-            if message.generation < self.generation and self.config_text is not None and slot.channel is not None:
-                slot.channel.send(Message(op="apply", id=next(self._ids), generation=self.generation,
-                                          text=self.config_text))
+            if slot.generation < self.generation and self.config_text is not None and slot.channel is not None:
+                slot.channel.send({"op": "apply", "id": next(self._ids), "generation": self.generation,
+                                   "text": self.config_text})
         elif op in ("prepared", "committed"):
-            if op == "committed" and message.outcome is not None:
-                slot.generation = message.outcome.generation
-            answer = self._answers.get((slot.index, message.id))
-            if answer is not None and not answer.done() and message.outcome is not None:
-                answer.set_result(message.outcome)
+            outcome = message.get("outcome")
+            if not isinstance(outcome, dict):
+                return
+            if op == "committed":
+                slot.generation = int(outcome.get("generation", 0))
+            phase = self.phases.get((slot.index, int(message.get("id", 0))))
+            if phase is not None:
+                phase.answer(slot.index, outcome)
         elif op == "reload":
-            async def answer_reload() -> None:
-                outcome = await self.reload()
-                if slot.channel is not None:
-                    slot.channel.send(Message(op="reloaded", id=message.id, outcome=outcome))
-            self._track(asyncio.create_task(answer_reload()))
+            channel, ask_id = slot.channel, message.get("id", 0)
+
+            def answer(outcome: Message) -> None:
+                if channel is not None:
+                    channel.send({"op": "reloaded", "id": ask_id, "outcome": outcome})
+            self.reload(answer)
         elif op == "broadcast":
             for other in self.slots:
                 if other is not slot and other.channel is not None:
                     other.channel.send(message)
 
-    async def _phase(self, op: str, reload_id: int, slots: list[_Slot], text: str | None = None,
-                     generation: int = 0) -> list[Outcome | None]:
-        """Send one phase of a reload to ``slots``; each one's answer (None if it gave none in time)."""
-        futures = []
-        loop = asyncio.get_running_loop()
-        for slot in slots:
-            future = self._answers[(slot.index, reload_id)] = loop.create_future()
-            futures.append(future)
-            assert slot.channel is not None
-            slot.channel.send(Message(op=op, id=reload_id, generation=generation, text=text))
-        try:
-            done, _ = await asyncio.wait(futures, timeout=RELOAD_PHASE_S)
-            return [f.result() if f in done else None for f in futures]
-        finally:
-            for slot in slots:
-                self._answers.pop((slot.index, reload_id), None)
+    # -- reload ---------------------------------------------------------------------------------
 
-    async def reload(self) -> Outcome:
-        """Reload every worker from the config file, all or none (gateway/control.py)."""
+    def reload(self, done: Callable[[Message], None]) -> None:
+        """Reload every worker from the config file, all or none (gateway/control.py); ``done``
+        gets the outcome. Reloads run one after the other."""
+        self._reloads.append(done)
+        if not self._reloading:
+            self._next_reload()
+
+    def _next_reload(self) -> None:
+        if not self._reloads:
+            self._reloading = False
+            return
+        self._reloading = True
+        done = self._reloads.popleft()
+
+        def finish(outcome: Message) -> None:
+            done(outcome)
+            self._next_reload()
+        self._reload(finish)
+
+    def _reload(self, finish: Callable[[Message], None]) -> None:
         of = len(self.slots)
-        if self.spec.config_path is None:
-            return Outcome(status="refused", of=of, problems=[Problem(
-                "$", "the gateway was started without a config file (--config or OPENGATEWAY_CONFIG), "
-                     "so there is nothing to re-read")])
-        async with self._reload_lock:
-            try:
-                with open(self.spec.config_path, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as exc:
-                return Outcome(status="refused", of=of, problems=[Problem("$", f"cannot read the file: {exc.strerror}")])
-            live = [s for s in self.slots if s.ready and s.channel is not None and s.process is not None
-                    and s.process.returncode is None]
-            reload_id, generation = next(self._ids), self.generation + 1
-            prepared = await self._phase("prepare", reload_id, live, text, generation)
-            problems = [p for o in prepared if o is not None for p in o.problems]
-            ok = sum(1 for o in prepared if o is not None and o.status == "reloaded")
+        path = self.spec.config_path
+        if path is None:
+            finish(_refused(of, "$", "the gateway was started without a config file (--config or "
+                                     "OPENGATEWAY_CONFIG), so there is nothing to re-read"))
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            finish(_refused(of, "$", f"cannot read the file: {exc.strerror}"))
+            return
+        live = [s for s in self.slots if s.ready and s.channel is not None and s.pid is not None]
+        reload_id, generation = next(self._ids), self.generation + 1
+
+        def prepared(outcomes: list[Message | None]) -> None:
+            problems = [p for o in outcomes if o is not None for p in o.get("problems", [])]
+            ok = sum(1 for o in outcomes if o is not None and o.get("status") == "reloaded")
             if problems or ok < len(live):
                 for slot in live:
                     if slot.channel is not None:
-                        slot.channel.send(Message(op="abort", id=reload_id))
+                        slot.channel.send({"op": "abort", "id": reload_id})
                 status = "refused" if problems else "failed"
                 if not problems:
-                    problems = [Problem("$", f"{len(live) - ok} worker(s) did not answer the reload in time")]
+                    problems = [{"path": "$", "message": f"{len(live) - ok} worker(s) did not answer the reload in time"}]
                 log.error("config reload %s on %d of %d worker(s); every worker keeps the running config: %s",
-                          status, len(live) - ok, len(live), "; ".join(f"{p.path}: {p.message}" for p in problems[:5]))
-                return Outcome(status=status, workers=0, of=of, problems=_unique(problems))
+                          status, len(live) - ok, len(live),
+                          "; ".join(f"{p.get('path')}: {p.get('message')}" for p in problems[:5]))
+                finish({"status": status, "workers": 0, "of": of, "problems": _unique(problems)})
+                return
             self.config_text, self.generation = text, generation
-            committed = await self._phase("commit", reload_id, live)
-            took = [o for o in committed if o is not None]
+            committing = [s for s in live if s.channel is not None]
+            _Phase(self, "commit", reload_id, committing, committed)
+
+        def committed(outcomes: list[Message | None]) -> None:
+            took = [o for o in outcomes if o is not None]
             log.info("config reloaded on %d of %d worker(s) (generation %d)", len(took), of, generation)
             if not took:
-                return Outcome(status="failed", of=of, problems=[Problem("$", "no worker confirmed the new config")])
+                finish({"status": "failed", "of": of, "problems": [{"path": "$", "message": "no worker confirmed the new config"}]})
+                return
             # A worker that is (re)starting joins on the new config; the answer says how many run it now.
-            outcome = took[0]
-            outcome.workers, outcome.of = len(took), of
-            return outcome
+            finish({**took[0], "workers": len(took), "of": of})
 
-    async def _run_slot(self, slot: _Slot) -> None:
-        """Keep one worker running until the supervisor stops; restart it with backoff if it dies."""
-        from prometheus_client import multiprocess
-
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            slot.process = await self._spawn(slot)
-            if self.stopping.is_set():  # the stop came while it was starting: _forward missed it
-                slot.process.send_signal(signal.SIGTERM)
-            code = await slot.process.wait()
-            multiprocess.mark_process_dead(slot.process.pid, self.metrics_dir)
-            slot.exit_codes.append(code)
-            if self.stopping.is_set():
-                log.info("worker %d (pid %d) exited with %d", slot.index, slot.process.pid, code)
-                return
-            if code == 2 and not self._ever_ready:
-                # The config (or a plugin's settings) cannot start a worker: restarting won't help.
-                log.error("worker %d could not start with the configuration (above); stopping", slot.index)
-                self.fatal = 2
-                self._stop(signal.SIGTERM)
-                return
-            if time.monotonic() - started > STABLE_AFTER_S:
-                slot.crashes_in_a_row = 0
-            delay_s = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * 2 ** slot.crashes_in_a_row)
-            slot.crashes_in_a_row += 1
-            how = f"signal {-code}" if code < 0 else f"code {code}"
-            log.error("worker %d (pid %d) died (%s); restarting in %.1f s",
-                      slot.index, slot.process.pid, how, delay_s)
-            try:
-                await asyncio.wait_for(self.stopping.wait(), delay_s)
-            except TimeoutError:
-                pass
-
-    def _forward(self, sig: signal.Signals) -> None:
-        for slot in self.slots:
-            if slot.process is not None and slot.process.returncode is None:
-                slot.process.send_signal(sig)
-
-    def _stop(self, sig: signal.Signals) -> None:
-        if self.stopping.is_set():
-            return
-        log.info("%s: stopping %d worker(s)", sig.name, len(self.slots))
-        self.stopping.set()
-        # Our copies of the sockets first: once every worker has closed its own, connections are refused.
-        self.listeners.close()
-        self._forward(signal.SIGTERM)
+        _Phase(self, "prepare", reload_id, live, prepared, text, generation)
 
     def _reload_on_signal(self) -> None:
         log.info("SIGHUP received: reloading the config on every worker")
-        self._track(asyncio.create_task(self._logged_reload()))
+        self.reload(lambda outcome: None)  # the outcome is logged by _reload
 
-    async def _logged_reload(self) -> None:
-        await self.reload()  # the outcome is logged by reload()
+    # -- stop -----------------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
-        tasks = [asyncio.create_task(self._run_slot(slot)) for slot in self.slots]
-        await self.stopping.wait()
-        done, pending = await asyncio.wait(tasks, timeout=self.spec.drain_timeout_s + STOP_GRACE_S)
+    def _stop(self, sig: signal.Signals) -> None:
+        if self.stopping:
+            return
+        log.info("%s: stopping %d worker(s)", sig.name, len(self.slots))
+        self.stopping = True
+        # Our copies of the sockets first: once every worker has closed its own, connections are refused.
+        for sock in self.listeners:
+            sock.close()
         for slot in self.slots:
-            if slot.process is not None and slot.process.returncode is None:
-                log.error("worker %d (pid %d) did not stop in time: killing it", slot.index, slot.process.pid)
-                slot.process.kill()
-        if pending:
-            await asyncio.wait(pending)
+            if slot.restart is not None:
+                slot.restart.cancel()
+                slot.restart = None
+            if slot.pid is not None:
+                os.kill(slot.pid, signal.SIGTERM)
+        self._kill_timer = self.loop.call_later(self.spec.drain_timeout_s + STOP_GRACE_S, self._kill_stragglers)
+
+    def _kill_stragglers(self) -> None:
+        for slot in self.slots:
+            if slot.pid is not None:
+                log.error("worker %d (pid %d) did not stop in time: killing it", slot.index, slot.pid)
+                os.kill(slot.pid, signal.SIGKILL)
+
+    def _stopped(self) -> bool:
+        return self.stopping and all(slot.pid is None for slot in self.slots)
+
+    def run(self) -> int:
+        loop = self.loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, functools.partial(self._stop, sig))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        for slot in self.slots:
+            self._spawn(slot)
+        loop.run_until(self._stopped)
         for slot in self.slots:
             if slot.channel is not None:
                 slot.channel.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         # -SIGTERM: a worker stopped before it had installed its handler, so it held no request.
         clean = all(slot.exit_codes and slot.exit_codes[-1] in (0, -signal.SIGTERM) for slot in self.slots)
         if self.fatal is not None:
@@ -335,18 +500,34 @@ def stop_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_workers(spec: WorkerSpec, listeners: Listeners, workers: int) -> int:
-    metrics_dir, created = prepare_metrics_dir(spec.env)
+def main(argv: list[str] | None = None) -> int:
+    spec = Spec.parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=spec.log_level, format=LOG_FORMAT)
+    listeners = [socket.socket(fileno=spec.listen_fd)]
+    if spec.admin_fd is not None:
+        listeners.append(socket.socket(fileno=spec.admin_fd))
+    env = dict(os.environ)
+    config_text = None
+    if spec.config_path is not None:
+        try:  # checked a moment ago by `opengateway serve`; the workers check it again
+            with open(spec.config_path, encoding="utf-8") as f:
+                config_text = f.read()
+        except OSError as exc:
+            log.error("cannot read %s: %s", spec.config_path, exc.strerror)
+            return 2
+    metrics_dir, created = prepare_metrics_dir(env)
     log.info("OpenGateway listening on http://%s:%s with %d workers (metrics: %s)",
-             *listeners.public.getsockname()[:2], workers, metrics_dir)
+             *listeners[0].getsockname()[:2], spec.workers, metrics_dir)
+    loop = Loop()
     try:
-        return asyncio.run(Supervisor(spec, listeners, workers, metrics_dir).run())
+        return Supervisor(spec, listeners, config_text, env, metrics_dir, loop).run()
     finally:
-        listeners.close()
+        loop.close()
+        for sock in listeners:
+            sock.close()
         if created:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+            remove_metrics_dir(metrics_dir)
 
 
-def _unique(problems: list[Problem]) -> list[Problem]:
-    """Every worker reports the same problems of the same file: once each."""
-    return list(dict.fromkeys(problems))
+if __name__ == "__main__":
+    sys.exit(main())
