@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO_DIR))
 from procs import API_PATH, BENCH_KEY, FAKE_UPSTREAM, MODEL, free_ports, raise_nofile  # noqa: E402
 
 CONF = """\
-server: {{host: 127.0.0.1, port: {port}, access_log: true}}
+server: {{host: 127.0.0.1, port: {port}, access_log: {access_log}}}
 keys:
   - name: bench
     hash: "sha256:{key_hash}"
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", metavar="TYPE", action="append", default=[],
                     help="with --census: show a few new objects of this type (e.g. builtins.dict)")
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    ap.add_argument("--no-access-log", action="store_true", help="serve with server.access_log: false")
     args = ap.parse_args(argv)
     nofile = raise_nofile()
     if args.count * 2 + 200 > nofile:
@@ -212,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         upstream.stdout.readline()  # READY <port>
         conf = tmp / "gateway.yaml"
         conf.write_text(CONF.format(port=port, key_hash=hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
-                                    upstream_port=upstream_port, model=MODEL))
+                                    upstream_port=upstream_port, model=MODEL,
+                                    access_log="false" if args.no_access_log else "true"))
         body = tmp / "body.json"
         body.write_text(json.dumps({"model": MODEL, "prompt": "A small red cube on a white background.",
                                     "size": "1024x1024", "quality": "medium"}))

@@ -93,7 +93,8 @@ class PeerRunner:
         self.env = peer_env(base_env)
         self.running: dict[tuple[str, str], Peer] = {}
 
-    def start(self, name: str, profile: str, upstream: Upstream) -> Peer:
+    def start(self, name: str, profile: str, upstream: Upstream, workers: int | None = None) -> Peer:
+        """``workers``: LiteLLM's --num_workers (default: the gateway's --workers); Portkey has one process."""
         port = free_ports(1)[0]
         p = Peer(name, profile, upstream, port, self.tmp / f"{name}-{profile}.log")
         home = self.installs[name].home
@@ -101,7 +102,7 @@ class PeerRunner:
             conf = self.tmp / f"litellm-{profile}.yaml"
             conf.write_text(LITELLM_CONF.format(model=MODEL, upstream_port=upstream.port, key=BENCH_KEY))
             argv = [str(litellm_bin(home)), "--config", str(conf), "--host", "127.0.0.1",
-                    "--port", str(port), "--num_workers", str(self.workers)]
+                    "--port", str(port), "--num_workers", str(workers or self.workers)]
         else:
             # Portkey reads the provider and its base URL from each request's headers
             # (x-portkey-provider, x-portkey-custom-host: src/globals.ts and

@@ -166,13 +166,17 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
 
     s4 = res.get("s4") or {}
     if s4:
-        label = f"S4 {s.s4_conns:,} in-flight"
+        label = f"S4 {s.s4_conns:,} in-flight" + (f", {s.s4_workers} workers" if s.s4_workers != s.workers else "")
 
         def cell(t: str, key: str) -> str:
             if t not in s4:
                 return "-"
             if key == "errors":
                 return f"{s4[t]['errors']:,} ({s4[t]['completed']:,} ok)"
+            if key == "processes":  # the root (supervisor, master) first, then the workers
+                return " + ".join(f"{p['peak_rss'] / 1e6:.0f}" for p in s4[t]["processes"])
+            if key == "per_request":
+                return f"{s4[t]['per_request'] / 1e3:.1f}"
             return fmt_num(s4[t][key] / 1e6)
 
         s4_cols = ["nginx", "gateway", *peers]
@@ -181,9 +185,20 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
                         judge(None if gw is None else gw["errors"] == 0, "S4 errors"), blank="-"))
         rows.append(row(label, "peak RSS MB", {t: cell(t, "peak_rss") for t in s4_cols}, {}, "<= 300 MB",
                         judge(None if gw is None else gw["peak_rss"] <= 300e6, "S4 peak RSS"), blank="-"))
+        rows.append(row(label, "peak RSS per process MB", {t: cell(t, "processes") for t in s4_cols}, {},
+                        blank="-"))
+        rows.append(row(label, "KB per request over idle", {t: cell(t, "per_request") for t in s4_cols}, {},
+                        "<= 20 KB", judge(None if gw is None else gw["per_request"] <= 20e3, "S4 KB per request"),
+                        blank="-"))
         med["S4"] = {t: {k: v for k, v in d.items()} for t, d in s4.items()}
+        if s.s4_workers_reason:
+            notes.append(s.s4_workers_reason)
         if s.s4_cap_reason:
             notes.append(s.s4_cap_reason + f" (asked for {s.s4_conns_requested:,})")
+        if gw is not None:
+            notes.append(f"S4 gateway: peak RSS {gw['peak_rss'] / 1e6:.0f} MB over {gw['idle_rss'] / 1e6:.0f} MB "
+                         f"idle, for {s.s4_conns:,} requests in flight: {gw['per_request']:,.0f} bytes each "
+                         f"(per process, supervisor first: {cell('gateway', 'processes')} MB)")
         for t, d in s4.items():
             if d["completed"] < d["expected_at_least"] * 0.9:
                 notes.append(f"S4 {t}: only {d['completed']:,} requests completed in "
@@ -199,6 +214,14 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
             blank="-"))
         rows.append(row("S5 idle (fresh start)", "RSS MB", {"gateway": f"{s5['idle_rss'] / 1e6:.1f}"}, {},
                         "<= 60 MB", judge(s5["idle_rss"] <= 60e6, "S5 idle RSS"), blank="-"))
+        idle = res.get("idle")
+        if idle:
+            split = " + ".join(f"{p['rss'] / 1e6:.1f}" for p in idle["processes"])
+            rows.append(row(f"S5 idle, --workers {idle['workers']}", "RSS MB", {"gateway": f"{idle['rss'] / 1e6:.1f}"},
+                            {}, "<= 110 MB", judge(idle["rss"] <= 110e6, "S5 idle RSS --workers 2"), blank="-"))
+            rows.append(row(f"S5 idle, --workers {idle['workers']}", "RSS per process MB", {"gateway": split},
+                            blank="-"))
+            med["idle_workers"] = idle
         med["S5"] = {k: v for k, v in s5.items() if k != "samples"}
         if s5["errors"]:
             notes.append(f"S5: {s5['errors']} errors (socket errors + non-2xx)")
@@ -240,7 +263,8 @@ def header(b: Bench, nginx_v: str, wrk_v: str) -> str:
     mode = "quick (CI smoke: 1 round, reduced counts, targets not judged)" if s.quick else \
         f"full, median of {s.rounds} rounds"
     return (f"OpenGateway benchmark - {mode}\n"
-            f"gateway --workers {s.workers}, nginx worker_processes {s.workers}, fake upstream "
+            f"gateway --workers {s.workers}, nginx worker_processes {s.workers}"
+            + (f" (S4: {s.s4_workers})" if s.s4_workers != s.workers else "") + ", fake upstream "
             f"{s.upstream_workers} process(es) per upstream; S1/S3 {s.duration_s:g} s, S2 "
             f"{s.s2_duration_s:g} s, S6/S7 {s.s67_duration_s:g} s per measurement\n"
             f"machine: {os.cpu_count()} CPUs, {cpu_model()}; Linux {platform.release()}; "

@@ -84,12 +84,43 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
 
 
 
+#: Set for every serving process (before aiohttp is imported), unless the environment sets it:
+#: frozenlist's compiled module (aiohttp's lists of middlewares and signal receivers, read once
+#: per request at most) is C++, and loading libstdc++ costs a process about 1 MB of RSS.
+PURE_PYTHON_ENV = {"FROZENLIST_NO_EXTENSIONS": "1"}
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """The soft RLIMIT_NOFILE up to the hard one (workers inherit it): every request in flight
+    holds two descriptors, its client's and its upstream's, and soft limits are often 1,024.
+    Returns (soft before, soft now); the hard limit itself is the operator's (ulimit -Hn,
+    systemd LimitNOFILE=, docker --ulimit nofile=)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, hard
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.listeners import CannotListen, bind_listeners
 
+    for name, value in PURE_PYTHON_ENV.items():
+        os.environ.setdefault(name, value)
     path = args.config or os.environ.get("OPENGATEWAY_CONFIG")
     if args.listen_fd is not None:
         return _serve_worker(args, path)
+    before, now = raise_open_files_limit()
+    if now != before:
+        log.info("open files limit (RLIMIT_NOFILE) raised from %d to the hard limit, %d: about %d requests "
+                 "in flight per process", before, now, now // 2)
+    else:
+        log.info("open files limit (RLIMIT_NOFILE): %d, about %d requests in flight per process", now, now // 2)
     try:
         config, keys_configured, generated_key = _load(path)
     except ConfigError as exc:
