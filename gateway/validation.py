@@ -37,6 +37,8 @@ def decode_request(body: bytes) -> tuple[ImageRequest, dict[str, Any]]:
         return _slow_path(body, exc)
     except msgspec.DecodeError:
         raise _invalid_json() from None
+    except RecursionError:  # msgspec recurses per nesting level, up to the interpreter's limit
+        raise _too_deep() from None
 
 
 def _invalid_json() -> InvalidRequest:
@@ -47,11 +49,18 @@ def _invalid_json() -> InvalidRequest:
     )
 
 
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest("We could not parse the JSON body of your request: it is nested too deeply.",
+                          code="invalid_json")
+
+
 def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageRequest, dict[str, Any]]:
     try:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError:  # the typed decoder can fail on a type before it sees bad syntax
         raise _invalid_json() from None
+    except RecursionError:
+        raise _too_deep() from None
     return _from_value(value, str(exc))
 
 

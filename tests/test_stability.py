@@ -424,3 +424,17 @@ class TestStabilityContract(ProviderContract):
                    "malformed": [bytes_reply(b'{"image": 5}', content_type="application/json")], "hang": [hang()]}
         upstream.script("POST", s.path(endpoint), *answers[kind])
         return True
+
+
+async def test_a_deeply_nested_answer_fails_the_attempt_not_the_request(gateway: Callable[..., Any],
+                                                                        fake: FakeUpstream) -> None:
+    # A 200 nested 5,000 levels deep (msgspec would give up with RecursionError): an invalid
+    # answer, the next target answers; never a 500.
+    fake.script("POST", s.path("ultra"), bytes_reply(b'{"image":' + b"[" * 5000 + b"]" * 5000 + b"}",
+                                                     content_type="application/json"), s.ok())
+    gw = await gateway(instances=2, models=TWO_TARGETS)
+    status, body = await generate(gw)
+    assert status == 200, body
+    first, second = body["extra"]["routing"]["attempts"]
+    assert (first["status"], first["http_status"], first["error_code"]) == ("failed", 502, "invalid_upstream_response")
+    assert second["status"] == "succeeded"
