@@ -24,17 +24,19 @@ class SizeRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_pixels: int = 655_360
     max_pixels: int = 8_294_400
 
-    def explain(self, width: int, height: int) -> str | None:
-        """Why ``width`` x ``height`` breaks the rule, or None when it does not."""
+    def broken(self, width: int, height: int) -> str | None:
+        """The first rule ``width`` x ``height`` breaks (the name of its field), or None."""
         if width % self.multiple_of or height % self.multiple_of:
-            return f"both width and height must be multiples of {self.multiple_of}"
+            return "multiple_of"
         if max(width, height) > self.max_edge:
-            return f"the longest edge must be at most {self.max_edge} pixels"
+            return "max_edge"
         if max(width, height) > self.max_aspect * min(width, height):
-            return f"the aspect ratio must be between 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+            return "max_aspect"
         pixels = width * height
-        if not self.min_pixels <= pixels <= self.max_pixels:
-            return f"the total pixel count must be between {self.min_pixels:,} and {self.max_pixels:,}"
+        if pixels < self.min_pixels:
+            return "min_pixels"
+        if pixels > self.max_pixels:
+            return "max_pixels"
         return None
 
 

@@ -265,6 +265,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     providers: list[ProviderInstance] = []
     models: dict[str, ModelConfig] = {}
     aliases: dict[str, str] = {}
+    #: A model id without its owner (``gpt-image-2``, as LiteLLM and chat front-ends send it):
+    #: ``resolve`` serves the one configured ``owner/gpt-image-2`` (two or more: a 400 naming
+    #: them); ``refuse`` answers 400 asking for ``owner/model``.
+    bare_model_ids: Literal["resolve", "refuse"] = "resolve"
     keys: list[KeyConfig] = []
     router: RouterConfig = RouterConfig()
     #: Key hashes of admins (dashboard, reload); empty means no admin access.

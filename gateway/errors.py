@@ -144,6 +144,13 @@ def model_not_found(model: str) -> NotFound:
     )
 
 
+def model_does_not_exist(model: str) -> InvalidRequest:
+    """An id that names no model here (empty, unknown, another owner's): OpenAI's images
+    endpoints answer 400 ``image_generation_user_error`` with this message, not a 404."""
+    return InvalidRequest(f"The model '{model}' does not exist.", param="model", code="invalid_value",
+                          type="image_generation_user_error")
+
+
 def internal_error(request_id: str) -> GatewayError:
     """An unexpected exception: the client learns the request id, never the internals."""
     return GatewayError(

@@ -1,7 +1,7 @@
 """The request plan: one function turns (request, key, runtime) into the targets to try, in order.
 
 Everything the gateway decides about a request before any upstream call is decided here, once:
-the model it names (aliases, unknown ids), whether the key may use it, whether the model can take
+the model it names (aliases, bare ids, unknown ids: ``Registry.resolve``), whether the key may use it, whether the model can take
 the request (gateway/validation.py, against its capabilities), which fields beyond the contract it
 allows, the fallback models (asked for or configured, allowed, deduplicated, bounded), the
 deadline, the order of weighted deployments, and which deployment cannot take the request (an
@@ -51,6 +51,9 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
         # ``stream: false`` and ``response_format: "b64_json"`` ask for what GPT Image models do
         # anyway; the models refuse the latter, so neither is sent upstream.
         request = msgspec.structs.replace(request, stream=request.stream or None, response_format=None)
+    if request.output_compression == 100 and (request.output_format or "png") == "png":
+        # 100 is OpenAI's documented default, and a PNG has no compression level: accepted, not sent.
+        request = msgspec.structs.replace(request, output_compression=None)
     registry = runtime.registry
     route = registry.resolve(request.model)
     if not may_use(key, route.id):

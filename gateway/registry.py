@@ -1,7 +1,8 @@
 """The model table: configured provider instances and the ``owner/model`` ids they serve.
 
 Built once per configuration (start-up and reload) from the config and the plugins'
-``models()``. Resolving a client's model id (aliases, bare names, unknown ids) happens here.
+``models()``. Resolving a client's model id (aliases, bare ids, unknown ids) happens here, in
+``Registry.resolve`` and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import msgspec
 
 from gateway.catalog import Capabilities, Price, openai_image_models
 from gateway.config import Config, ConfigError, KeyConfig, Problem, validation_problem
-from gateway.errors import InvalidRequest, model_not_found
+from gateway.errors import InvalidRequest, model_does_not_exist
 from gateway.keyring import may_use
 from gateway.plugins import provider_class
 from gateway.provider import Provider
@@ -129,20 +130,28 @@ class Registry:
         return cls(config, providers, models)
 
     def resolve(self, model: str) -> ModelRoute:
-        """The route for a client's model id, or the error OpenAI-minded clients expect."""
+        """The route for a client's model id, or the error OpenAI-minded clients expect: the id
+        itself, an alias, or a bare id (``gpt-image-2``, as LiteLLM sends ``openai/gpt-image-2``)
+        that names exactly one configured ``owner/gpt-image-2`` (``bare_model_ids: resolve``)."""
         route = self.models.get(model)
         if route is not None:
             return route
         alias = self.aliases.get(model)
         if alias is not None and alias in self.models:
             return self.models[alias]
-        if "/" not in model:
-            suggestion = next((m for m in self.models if m.endswith("/" + model)), None)
-            if suggestion:
+        if model and "/" not in model:
+            owned = [m for m in self.models if m.partition("/")[2] == model]
+            if len(owned) == 1 and self.config.bare_model_ids == "resolve":
+                return self.models[owned[0]]
+            if len(owned) > 1 and self.config.bare_model_ids == "resolve":
                 raise InvalidRequest(
-                    f"Invalid model id '{model}': model ids take the form owner/model. "
-                    f"Use '{suggestion}' instead.", param="model", code="invalid_value")
-        raise model_not_found(model)
+                    f"The model '{model}' is ambiguous: it may be {_or(owned)}. Send the full owner/model id.",
+                    param="model", code="invalid_value")
+            if owned:
+                raise InvalidRequest(
+                    f"Invalid model id '{model}': model ids take the form owner/model. Use {_or(owned)} instead.",
+                    param="model", code="invalid_value")
+        raise model_does_not_exist(model)
 
     def secrets(self) -> list[str]:
         """Every configured provider credential (for the redactor)."""
@@ -154,6 +163,10 @@ class Registry:
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
+
+
+def _or(ids: list[str]) -> str:
+    return " or ".join(f"'{i}'" for i in ids)
 
 
 def _with_extra_fields(caps: Capabilities, extra_fields: list[str]) -> Capabilities:
