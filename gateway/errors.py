@@ -151,6 +151,14 @@ def model_does_not_exist(model: str) -> InvalidRequest:
                           type="image_generation_user_error")
 
 
+def model_shut_down(model: str, shutdown: str, successors: tuple[str, ...]) -> NotFound:
+    """A model every deployment of which is past its shutdown: OpenAI's 404 ``model_not_found``,
+    naming the day and the replacements its providers recommend."""
+    instead = (" Use " + " or ".join(f"'{s}'" for s in successors) + " instead.") if successors else ""
+    return NotFound(f"The model '{model}' does not exist or you do not have access to it: it was shut "
+                    f"down on {shutdown}.{instead}", param="model", code="model_not_found")
+
+
 def internal_error(request_id: str) -> GatewayError:
     """An unexpected exception: the client learns the request id, never the internals."""
     return GatewayError(
