@@ -186,6 +186,30 @@ def estimate_usd(request: ImageRequest, price: Price | None, tokens: TokenRule |
     return round((out * price.image_output + prompt_tokens * (price.text_input or 0.0)) / 1_000_000, 10)
 
 
+def worst_case_usd(request: ImageRequest, models: Iterable[tuple[Price | None, TokenRule | None]]) -> float | None:
+    """What a spend limit reserves for ``request`` before its call: the largest ``estimate_usd``
+    among the models that may serve it (the one asked for and its fallbacks), each ``(price,
+    tokens)``; None when none of them can be estimated (nothing is reserved)."""
+    estimates = [usd for price, tokens in models if (usd := estimate_usd(request, price, tokens)) is not None]
+    return max(estimates) if estimates else None
+
+
+def spent_usd(cost: Cost | None, possibly_billed_attempts: int, possibly_billed_usd: float | None) -> float | None:
+    """What a finished request is charged to its key's spend: the answer's cost plus the upper
+    bound of the attempts that may have been billed without an answer; 0 for a request that
+    failed before anything could be billed. None when unknown (the reservation then stands)."""
+    doubt = 0.0
+    if possibly_billed_attempts:
+        if possibly_billed_usd is None:
+            return None
+        doubt = possibly_billed_usd
+    if cost is None:  # no answer: only what may have been billed
+        return doubt
+    if cost.cost_usd is None:
+        return None
+    return round(cost.cost_usd + doubt, 10)
+
+
 def possibly_billed(attempts: Iterable[Attempt], estimate: Callable[[str], float | None]) -> tuple[int, float | None]:
     """How many attempts may have been billed without an answer, and an upper bound of their cost
     (``estimate(model)`` for each; None as soon as one is unknown)."""
