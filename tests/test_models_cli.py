@@ -80,6 +80,17 @@ def test_models_check_on_the_readme_example_config(tmp_path: Path) -> None:
         "1 deployment(s) of configured models past their shutdown"]
 
 
+def test_models_check_on_the_deployed_example_config() -> None:
+    # deploy/config.example.yaml is the container image's config (and the Kubernetes ConfigMap's).
+    from tests.test_deploy import secret_example_env
+    path = ROOT / "deploy" / "config.example.yaml"
+    result = run("models", "--check", "--json", "--config", str(path), **secret_example_env())
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    models = msgspec.json.decode(result.stdout)
+    assert [(m["id"], [t["status"] for t in m["targets"]]) for m in models] == [
+        ("openai/gpt-image-2", ["active"]), ("openai/gpt-image-2.5-flare", ["active"])]
+
+
 def test_models_check_reports_the_shut_down_models_of_the_old_example(tmp_path: Path) -> None:
     path = tmp_path / "old.yaml"
     path.write_text(OLD_EXAMPLE)
