@@ -7,8 +7,7 @@ the request (gateway/validation.py, against its capabilities), which fields beyo
 allows, the fallback models (asked for or configured, allowed, deduplicated, bounded), the
 deadline, the order of weighted deployments, and which deployment cannot take the request (an
 Azure deployment without webp beside OpenAI, a deployment its provider has shut down). The
-router (gateway/router.py) only walks the
-candidates; plugins never validate again.
+router (gateway/router.py) only walks the candidates; plugins never validate again.
 """
 
 from __future__ import annotations
