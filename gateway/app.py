@@ -29,6 +29,7 @@ from gateway.http_client import HTTPClient
 from gateway.idempotency import Keeper, make_store
 from gateway.lifecycle import Lifecycle
 from gateway.limits.backend import make_backend
+from gateway.model_lifecycle import Today, default_today
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body import body_middleware
@@ -69,14 +70,14 @@ MIDDLEWARES = (
 _RELEASED_AFTER_OBSERVING = (RECORD, BODY, PLAN, RUNTIME, CAPTURE, DETACHED)
 
 
-def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int
-                       ) -> Callable[[web.Application], AsyncIterator[None]]:
+def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int,
+                       today: Today) -> Callable[[web.Application], AsyncIterator[None]]:
     """cleanup_ctx: what this process makes once, in order, and undoes in reverse at exit."""
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         server = config.server
         client = app[HTTP_CLIENT] = HTTPClient(limit=server.upstream_pool_size, keepalive_s=UPSTREAM_KEEPALIVE_S,
                                                max_body_bytes=server.max_upstream_body_bytes)
-        resources = app[RESOURCES] = Resources(UpstreamHTTP(client), timing)
+        resources = app[RESOURCES] = Resources(UpstreamHTTP(client), timing, today)
         try:
             runtime = build_runtime(config, resources, generation=generation)
         except BaseException:
@@ -147,9 +148,11 @@ def add_admin_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> No
 
 
 def create_app(config: Config, config_path: str | None = None, *, timing: RouterTiming = RouterTiming(),
-               session_secret: str | None = None, generation: int = 1) -> web.Application:
+               session_secret: str | None = None, generation: int = 1,
+               today: Today = default_today) -> web.Application:
     """``config_path``: the file ``config`` was read from, re-read by a reload (gateway/reload.py).
     ``timing``: the router's clock, sleep and randomness (tests hand in a fake clock).
+    ``today``: the day model lifecycles are judged on (tests hand in a fixed date).
     ``session_secret``: signs dashboard sessions when the config sets none (the supervisor hands
     every worker the same one); by default each process draws its own. ``generation``: the
     config's generation (a worker started after reloads joins at the supervisor's)."""
@@ -162,7 +165,7 @@ def create_app(config: Config, config_path: str | None = None, *, timing: Router
     app[LIFECYCLE] = Lifecycle(separate_admin_port=server.admin_port is not None)
     app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
     app[DASHBOARD_SESSIONS] = Sessions(session_secret)
-    app.cleanup_ctx.append(_process_resources(config, config_path, timing, generation))
+    app.cleanup_ctx.append(_process_resources(config, config_path, timing, generation, today))
     app.on_response_prepare.append(_gateway_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
     app.router.add_post("/v1/images/edits", handlers.create_edit)

@@ -19,7 +19,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from gateway.catalog import Capabilities, Price, openai_image_models
+from gateway.catalog import Capabilities, Price
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 
@@ -137,6 +137,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: Request fields a target of this model may drop when it cannot honour them, instead of the
     #: request being refused (or the target skipped); each drop is noted in the attempt.
     drop_unsupported: list[DroppableField] = []
+    #: Serve the model past its providers' shutdown dates (gateway/model_lifecycle.py): the
+    #: gateway stops refusing it and leaves the answer to the upstream.
+    pinned: bool = False
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -265,6 +268,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     providers: list[ProviderInstance] = []
     models: dict[str, ModelConfig] = {}
     aliases: dict[str, str] = {}
+    #: A model id without its owner (``gpt-image-2``, as LiteLLM and chat front-ends send it):
+    #: ``resolve`` serves the one configured ``owner/gpt-image-2`` (two or more: a 400 naming
+    #: them); ``refuse`` answers 400 asking for ``owner/model``.
+    bare_model_ids: Literal["resolve", "refuse"] = "resolve"
     keys: list[KeyConfig] = []
     router: RouterConfig = RouterConfig()
     #: Key hashes of admins (dashboard, reload); empty means no admin access.
@@ -572,7 +579,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> EnvConfig:
     else:
         provider = ProviderInstance(id="local", plugin="local", region="local")
         upstream = "local"
-    models = {model_id: ModelConfig(targets=[provider.id]) for model_id in openai_image_models()}
-    config = Config(providers=[provider], models=models,
-                    keys=[KeyConfig(name="default", hash=key_hash(key))])
+    # No ``models:`` section: every model the provider declares (the bundled catalogue) is routed
+    # to it, and one that is past its shutdown answers 404 naming its successor.
+    config = Config(providers=[provider], keys=[KeyConfig(name="default", hash=key_hash(key))])
     return EnvConfig(config, generated, upstream)
