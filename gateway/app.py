@@ -22,7 +22,7 @@ from gateway.access_log import AccessLog
 from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, CORS_HEADERS, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT,
                              IDEMPOTENCY, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER,
                              RESOURCES, RUNTIME, RUNTIME_REF, STATS, TRACING)
-from gateway.config import OTEL_INSTALL, Config, ConfigError, Problem, otel_missing
+from gateway.config import Config, ConfigError, otel_missing_problem
 from gateway.dashboard import views as dashboard
 from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats
@@ -86,10 +86,9 @@ def _tracing(config: Config) -> RequestTracer | None:
     too), not an ImportError."""
     if not config.tracing.enabled:
         return None
-    missing = otel_missing()
+    missing = otel_missing_problem()
     if missing is not None:
-        raise ConfigError([Problem("$.tracing.enabled", f"tracing needs the OpenTelemetry packages ({missing} "
-                                                        f"is not installed): {OTEL_INSTALL}")])
+        raise ConfigError([missing])
     from gateway.tracing import Tracing
     return Tracing(config.tracing)
 

@@ -585,11 +585,19 @@ def _check_tracing(tracing: TracingConfig) -> list[Problem]:
     if not valid:
         problems.append(Problem("$.tracing.endpoint", f"'{tracing.endpoint}' is not an http(s) URL "
                                                       "(e.g. http://otel-collector:4318/v1/traces)"))
-    missing = otel_missing()
+    missing = otel_missing_problem()
     if missing is not None:
-        problems.append(Problem("$.tracing.enabled", f"tracing needs the OpenTelemetry packages ({missing} "
-                                                     f"is not installed): {OTEL_INSTALL}"))
+        problems.append(missing)
     return problems
+
+
+def otel_missing_problem() -> Problem | None:
+    """``tracing.enabled`` without the OpenTelemetry packages, as a problem that says how to install them."""
+    missing = otel_missing()
+    if missing is None:
+        return None
+    return Problem("$.tracing.enabled", f"tracing needs the OpenTelemetry packages ({missing} is not installed): "
+                                        f"{OTEL_INSTALL}")
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:

@@ -86,7 +86,8 @@ class RequestTrace:
         self.span_id = new_span_id()
         #: Whether the spans are exported (the decision travels upstream in the flags).
         self.sampled = sampled
-        #: The client's span context, as gateway/tracing.py extracted it (None: a new trace).
+        #: The client's span context (an OpenTelemetry ``SpanContext``, extracted by gateway/tracing.py;
+        #: None: a new trace).
         self.parent = parent
         #: The client's ``tracestate``, passed on upstream as it came.
         self.tracestate = tracestate
