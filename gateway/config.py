@@ -263,6 +263,27 @@ class CorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     allow_credentials: bool = False
 
 
+class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """OpenTelemetry traces sent by OTLP/HTTP (gateway/tracing.py; the README's "Tracing"). Needs
+    the ``otel`` extra. Read once per process, except ``include_prompt`` and ``include_user_id``."""
+
+    enabled: bool = False
+    #: The collector's OTLP/HTTP traces URL (4318 and /v1/traces are OTLP/HTTP's defaults).
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    #: ``service.name`` of the spans' resource.
+    service_name: str = "opengateway"
+    #: Sent with every export (an auth token: use a ``${ENV}`` reference).
+    headers: dict[HeaderName, str] = {}
+    #: Share of new traces kept; a client's sampled flag is followed whatever this says.
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    #: How often queued spans are sent, and how long one export may take.
+    batch_delay_s: PositiveSeconds = 5.0
+    export_timeout_s: PositiveSeconds = 10.0
+    #: The prompt and the analytics ids are user content: in spans only when these are true.
+    include_prompt: bool = False
+    include_user_id: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderInstance] = []
@@ -282,6 +303,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     dashboard: DashboardConfig = DashboardConfig()
     log: LogConfig = LogConfig()
     cors: CorsConfig = CorsConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -486,6 +508,7 @@ def check_references(config: Config) -> list[Problem]:
             problems.append(Problem(f"$.aliases.{alias}", f"no model '{target}' in models"))
     problems.extend(_check_server(config.server))
     problems.extend(_check_cors(config.cors))
+    problems.extend(_check_tracing(config.tracing))
     names = [k.name for k in config.keys]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -535,6 +558,53 @@ def _check_cors(cors: CorsConfig) -> list[Problem]:
             problems.append(Problem(path, f"write it as browsers send it: '{normal}' (lower case, no path, "
                                           "no default port)"))
     return problems
+
+
+#: The modules ``tracing.enabled`` needs, and where they come from.
+OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+OTEL_INSTALL = "pip install 'opengateway[otel]'"
+
+
+def otel_missing() -> str | None:
+    """The first OpenTelemetry module that cannot be imported, or None when the extra is installed."""
+    from importlib.util import find_spec
+
+    for name in OTEL_MODULES:
+        try:
+            if find_spec(name) is None:
+                return name
+        except ImportError:  # a parent package is missing
+            return name
+    return None
+
+
+def _check_tracing(tracing: TracingConfig) -> list[Problem]:
+    from yarl import URL
+
+    if not tracing.enabled:
+        return []
+    problems: list[Problem] = []
+    try:
+        url = URL(tracing.endpoint)
+        valid = url.scheme in ("http", "https") and bool(url.host)
+    except ValueError:
+        valid = False
+    if not valid:
+        problems.append(Problem("$.tracing.endpoint", f"'{tracing.endpoint}' is not an http(s) URL "
+                                                      "(e.g. http://otel-collector:4318/v1/traces)"))
+    missing = otel_missing_problem()
+    if missing is not None:
+        problems.append(missing)
+    return problems
+
+
+def otel_missing_problem() -> Problem | None:
+    """``tracing.enabled`` without the OpenTelemetry packages, as a problem that says how to install them."""
+    missing = otel_missing()
+    if missing is None:
+        return None
+    return Problem("$.tracing.enabled", f"tracing needs the OpenTelemetry packages ({missing} is not installed): "
+                                        f"{OTEL_INSTALL}")
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:

@@ -32,6 +32,7 @@ from gateway.provider import Call, EditInputs, ImageResult, ProviderError, Strea
 from gateway.redact import Redactor
 from gateway.registry import Target
 from gateway.streaming import completed_events, iterate
+from gateway.tracing_context import CURRENT as TRACE
 from gateway.upstream import parse_upstream
 
 log = logging.getLogger("opengateway.router")
@@ -237,6 +238,9 @@ class Router:
         call = Call(target.model, min(self.config.attempt_timeout_s, remaining_s), candidate.extra_fields)
         if candidate.notes:
             call.notes = list(candidate.notes)
+        trace = TRACE.get()  # None unless tracing is on (gateway/tracing_context.py)
+        if trace is not None:  # this attempt's span id, sent upstream in its traceparent
+            trace.begin_attempt(len(walk.attempts))
         try:
             answer = await self._call(target, candidate.request or request, call, candidate.streams, walk.inputs)
         except ProviderError as exc:

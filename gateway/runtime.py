@@ -38,6 +38,10 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     "server.max_header_bytes", "server.max_headers", "server.access_log",
     "limits.backend", "limits.key_prefix", "limits.socket_timeout_s", "limits.max_connections",
     "log.destination",
+    # The span exporter and the sampler are made once (gateway/tracing.py); the tracing link is in
+    # the middleware chain only when tracing was on at start-up.
+    "tracing.enabled", "tracing.endpoint", "tracing.service_name", "tracing.headers", "tracing.sample_ratio",
+    "tracing.batch_delay_s", "tracing.export_timeout_s",
 )
 
 
