@@ -311,3 +311,24 @@ async def served_port(upstream: FakeUpstream) -> AsyncIterator[int]:
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         listeners.close()
+
+
+def vendor_config_yaml(plugin: str, region: str, settings: Callable[[int], str], instances: int = 1,
+                       models: str = "", router: str = "max_attempts_per_target: 1") -> str:
+    """A gateway config with ``instances`` instances of one provider plugin (ids ``<plugin>-0``,
+    ``-1``, ...), each with ``settings(i)`` as its settings lines (six spaces in), the test key
+    and ``router`` settings: the provider tests' common setup."""
+    providers = "".join(f"""
+  - id: {plugin}-{i}
+    plugin: {plugin}
+    region: {region}
+    settings:
+{settings(i)}""" for i in range(instances))
+    return f"""
+keys:
+  - name: test
+    hash: "{key_hash(GATEWAY_KEY)}"
+providers:{providers}
+router: {{{router}}}
+{models}
+"""

@@ -26,14 +26,14 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import ConfigError, key_hash, parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.http_client import HTTPClient
 from gateway.registry import Registry
 from gateway.router import CREDENTIALS_REJECTED
 from gateway.testing import FakeUpstream, ProviderContract, bytes_reply, hang, json_reply
 from gateway.upstream_http import UpstreamHTTP
 from tests import fake_stability as s
-from tests.conftest import AUTH, GATEWAY_KEY
+from tests.conftest import AUTH, GATEWAY_KEY, vendor_config_yaml
 
 ULTRA = "stability/stable-image-ultra"
 SD3 = "stability/sd3.5-large"
@@ -46,22 +46,9 @@ models:
 
 def config_yaml(fake: FakeUpstream, models: str = "", instances: int = 1, settings: str = "",
                 router: str = "max_attempts_per_target: 1", keys: tuple[str, ...] = ()) -> str:
-    providers = "".join(f"""
-  - id: stability-{i}
-    plugin: stability
-    region: global
-    settings:
-      api_key: "{keys[i] if i < len(keys) else s.API_KEY}"
+    return vendor_config_yaml("stability", "global", lambda i: f"""      api_key: "{keys[i] if i < len(keys) else s.API_KEY}"
       base_url: "{fake.url('')}"
-{settings}""" for i in range(instances))
-    return f"""
-keys:
-  - name: test
-    hash: "{key_hash(GATEWAY_KEY)}"
-providers:{providers}
-router: {{{router}}}
-{models}
-"""
+{settings}""", instances, models, router)
 
 
 @pytest.fixture
