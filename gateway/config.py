@@ -143,7 +143,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Circuit breaker per target (README section ``routing``)."""
+    """Circuit breaker per target (docs/routing.md)."""
 
     enabled: bool = True
     #: Consecutive failed attempts that open the circuit.
@@ -179,8 +179,8 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class IdempotencyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The ``Idempotency-Key`` header on the image routes (gateway/idempotency.py; the README's
-    "Retries and billing"). Keys and answers live where the limits do (``limits.backend``)."""
+    """The ``Idempotency-Key`` header on the image routes (gateway/idempotency.py,
+    docs/retries-and-billing.md). Keys and answers live where the limits do (``limits.backend``)."""
 
     enabled: bool = True
     #: How long a key and its answer are kept (the IETF draft and Stripe: 24 hours).
@@ -200,7 +200,7 @@ class IdempotencyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``/metrics`` (gateway/metrics.py; the README's observability section lists every metric)."""
+    """``/metrics`` (gateway/metrics.py; docs/observability/metrics.md lists every metric)."""
 
     enabled: bool = True
     #: When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (use a ``${ENV}`` reference).
@@ -264,7 +264,7 @@ class CorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
 
 class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """OpenTelemetry traces sent by OTLP/HTTP (gateway/tracing.py; the README's "Tracing"). Needs
+    """OpenTelemetry traces sent by OTLP/HTTP (gateway/tracing.py; docs/observability/tracing.md). Needs
     the ``otel`` extra. Read once per process, except ``include_prompt`` and ``include_user_id``."""
 
     enabled: bool = False

@@ -1,4 +1,4 @@
-"""Every Prometheus metric the gateway exports, defined in one place (listed in the README).
+"""Every Prometheus metric the gateway exports, defined in one place (listed in docs/observability/metrics.md).
 
 Label names follow the OpenTelemetry semantic conventions where one fits (``http_route``,
 ``http_response_status_code``, ``gen_ai_request_model``, ``gen_ai_response_model``,
@@ -58,9 +58,9 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
 # ``*_created`` series double the output and nothing here reads them.
 prometheus_client.disable_created_metrics()
 
-#: Image calls take from tens of milliseconds (cached, local) to minutes; 60 s is the README's SLO.
+#: Image calls take from tens of milliseconds (cached, local) to minutes; 60 s is the SLO of docs/observability/metrics.md.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300)
-#: The gateway's own time per request; 10 ms is the README's overhead SLO.
+#: The gateway's own time per request; 10 ms is the overhead SLO there.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 #: Request bodies are up to 1 MB; answers carry n images of several MB of base64 each.
 SIZE_BUCKETS = tuple(float(4 ** i * 256) for i in range(11))  # 256 B .. 256 MiB

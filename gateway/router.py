@@ -9,7 +9,7 @@ backoff or its upstream retry-after allows. A target whose circuit is open is sk
 A failure is classified once, here (``_classify``): retryable failures (connection errors,
 timeouts, the configured statuses) are retried later; the gateway's own credential problems
 (401/403) and a model missing upstream (404) are not; other client errors (400, including
-``moderation_blocked``) end the request. README section ``routing`` has the whole policy.
+``moderation_blocked``) end the request. docs/routing.md has the whole policy.
 """
 
 from __future__ import annotations

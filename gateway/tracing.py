@@ -13,7 +13,7 @@ The spans are made whole, as the SDK's ``ReadableSpan`` (what its processors and
 not through its ``Tracer``: a Tracer would draw ids, sample and record a live span, all of which
 was done already, and it costs ~4 times as much on the event loop (measured: 53 µs against 14 µs
 a request of two spans). Encoding and sending stay the SDK's, in its batch processor's thread:
-~70 µs a span there, which is most of what tracing costs (the README's Performance section).
+~70 µs a span there, which is most of what tracing costs (docs/observability/tracing.md).
 
 Names follow the GenAI semantic conventions
 (https://github.com/open-telemetry/semantic-conventions-genai/blob/main/docs/gen-ai/gen-ai-spans.md
@@ -230,7 +230,7 @@ def _attempt_attributes(attempt: Attempt, span: AttemptSpan, usage: Usage | None
                            "gen_ai.request.model": attempt.model,
                            "opengateway.target": attempt.target, "opengateway.region": attempt.region,
                            "opengateway.attempt.status": attempt.status,
-                           # The README's "Retries and billing": it failed after the upstream had it all.
+                           # docs/retries-and-billing.md: it failed after the upstream had it all.
                            "opengateway.attempt.possibly_billed": attempt.possibly_billed}
     provider = provider_name(attempt.provider, span.server_address)
     if provider:

@@ -515,7 +515,7 @@ def load_toml_build_requires() -> list[str]:
 def test_every_keys_create_example_is_a_valid_command() -> None:
     """``opengateway keys create NAME`` fails (--name is required): every example must parse."""
     found = 0
-    for path in [*DEPLOY.rglob("*"), ROOT / "README.md"]:
+    for path in [*DEPLOY.rglob("*"), ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
         if not path.is_file() or path.suffix in (".json",):
             continue
         for match in re.finditer(r"opengateway (keys create [^`\n]+)`", path.read_text()):

@@ -1,5 +1,5 @@
-"""What a request can make the process keep after it has been answered (README "Limits and
-timeouts": the memory bound per request). A request's record lives on in the dashboard's recent
+"""What a request can make the process keep after it has been answered (docs/security.md, "Limits
+and timeouts": the memory bound per request). A request's record lives on in the dashboard's recent
 requests and goes to the access log; every string in it that a client or an upstream chose is
 bounded where it is stored (gateway/bounded.py), whatever was sent."""
 

@@ -19,10 +19,11 @@ from gateway.catalog import openai_image_models
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+REFERENCE = (ROOT / "docs/configuration.md").read_text()
 TODAY = "2026-12-02"
-#: The variables the README's example config references (any value: nothing is called).
+#: The variables the configuration reference's example config references (any value: nothing is called).
 CREDENTIALS = {"OPENAI_API_KEY": "sk-example", "AZURE_OPENAI_API_KEY": "az-example"}
-#: The README's example config before issue 14, which routed to and fell back to retired models.
+#: The example config (then in the README) before issue 14, which routed to and fell back to retired models.
 OLD_EXAMPLE = """
 keys:
   - name: team-a
@@ -41,10 +42,9 @@ models:
 """
 
 
-def readme_example() -> str:
-    """The example config of the README's Configuration section, as printed there."""
-    section = README.split("<!-- section: configuration -->", 1)[1].split("<!-- /section: configuration -->", 1)[0]
-    [example] = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "providers:" in b and "models:" in b]
+def reference_example() -> str:
+    """The example config of the configuration reference (docs/configuration.md), as printed there."""
+    [example] = [b for b in re.findall(r"```yaml\n(.*?)```", REFERENCE, re.S) if "providers:" in b and "models:" in b]
     return example
 
 
@@ -54,9 +54,9 @@ def run(*args: str, today: str = TODAY, **env: str) -> subprocess.CompletedProce
                           env={**environ, "OPENGATEWAY_TODAY": today, **env})
 
 
-def test_models_check_on_the_readme_example_config(tmp_path: Path) -> None:
+def test_models_check_on_the_reference_example_config(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
-    path.write_text(readme_example())
+    path.write_text(reference_example())
     # Today: nothing it routes to or falls back to is past its shutdown.
     result = run("models", "--check", "--config", str(path), **CREDENTIALS)
     assert result.returncode == 0, result.stderr
@@ -145,7 +145,7 @@ def test_check_config_warns_with_lines(tmp_path: Path) -> None:
     assert "line 13: model openai/gpt-image-1 on openai-global (openai) was shut down on 2026-10-23" in warnings[0]
     assert "line 15: model openai/gpt-image-1-mini on openai-global" in warnings[2]
     assert result.stdout.startswith(f"{path}: OK")
-    path.write_text(readme_example())
+    path.write_text(reference_example())
     result = run("check-config", str(path), **CREDENTIALS)
     assert (result.returncode, result.stderr) == (0, "")
 

@@ -383,11 +383,10 @@ def test_bad_settings_are_config_problems(settings: dict[str, Any], fragment: st
     assert problem.path.startswith("$.providers[0]") and fragment in f"{problem.path} {problem.message}", problem
 
 
-def test_the_readme_config_example_is_a_working_config() -> None:
+def test_the_docs_config_example_is_a_working_config() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Built-in: `stability`", 1)[1]
+    section = (Path(__file__).resolve().parent.parent / "docs/providers/stability.md").read_text()
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = parse_config(example, env={"STABILITY_API_KEY": s.API_KEY})
     registry = Registry.build(config, UpstreamHTTP(HTTPClient()))
