@@ -357,7 +357,9 @@ providers:
     region: bench
     settings: {{api_key: sk-bench-upstream, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
 models:
-  {model}: {{targets: [upstream]}}
+  # OpenAI shut gpt-image-1 down on 2026-10-23 (gateway/data/models.yaml); the bench keeps it, as
+  # the peers' configs do, pinned: served by the fake upstream whatever the date.
+  {model}: {{targets: [upstream], pinned: true}}
 """
 
 

@@ -57,6 +57,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             raise Unauthorized("A valid metrics bearer token is required.",
                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     metrics.refresh_breakers(runtime)
+    metrics.refresh_shutdowns(runtime)
     metrics.publish()
     # Gathering is CPU work proportional to the series; it stays on the loop (milliseconds).
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})

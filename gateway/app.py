@@ -12,14 +12,15 @@ import logging
 from typing import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import admin_routes, handlers, metrics, model_routes, openapi
 from gateway import server_log as malformed_log
 from gateway.access_log import AccessLog
 from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, CORS_HEADERS, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT,
                              IDEMPOTENCY, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER,
-                             RESOURCES, RUNTIME, RUNTIME_REF, STATS)
-from gateway.config import Config
+                             RESOURCES, RUNTIME, RUNTIME_REF, STATS, TRACING)
+from gateway.config import Config, ConfigError, otel_missing_problem
 from gateway.dashboard import views as dashboard
 from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats
@@ -27,6 +28,7 @@ from gateway.http_client import HTTPClient
 from gateway.idempotency import Keeper, make_store
 from gateway.lifecycle import Lifecycle
 from gateway.limits.backend import make_backend
+from gateway.model_lifecycle import Today, default_today
 from gateway.middleware.admin import admin, admin_port_middleware
 from gateway.middleware.auth import auth_middleware
 from gateway.middleware.body import body_middleware
@@ -36,13 +38,15 @@ from gateway.middleware.identity import identity_middleware
 from gateway.middleware.idempotency import idempotency_middleware
 from gateway.middleware.limits import limits_middleware
 from gateway.middleware.metrics import metrics_middleware
+from gateway.middleware.tracing import tracing_middleware
 from gateway.middleware.validation import validation_middleware
 from gateway.observers import Observers
 from gateway.redact import RedactingFilter
 from gateway.reload import Reloader
 from gateway.router import RouterTiming
 from gateway.runtime import Resources, Runtime, RuntimeRef, build_runtime
-from gateway.upstream_http import UpstreamHTTP
+from gateway.tracing_context import RequestTracer
+from gateway.upstream_http import TracedUpstreamHTTP, UpstreamHTTP
 
 log = logging.getLogger("opengateway")
 
@@ -52,6 +56,7 @@ UPSTREAM_KEEPALIVE_S = 30.0
 #: The middleware chain, outermost first. This list is the only place the order is decided.
 MIDDLEWARES = (
     metrics_middleware,     # request record, pinned runtime, in-flight gauge, status and duration
+    tracing_middleware,     # only with tracing.enabled (else left out: ``middlewares``): the trace
     errors_middleware,      # GatewayError / aiohttp HTTP errors / crashes -> OpenAI error JSON
     cors_middleware,        # browser preflights answered before auth; CORS headers for /v1/ answers
     admin_port_middleware,  # operator routes answer 404 off the admin port (server.admin_port)
@@ -63,23 +68,53 @@ MIDDLEWARES = (
     limits_middleware,      # the key's per-minute, in-flight and spend limits (needs n), or 429
 )
 
+
+def middlewares(config: Config) -> tuple[Middleware, ...]:
+    """The chain for ``config``: ``MIDDLEWARES``, without the tracing link when tracing is off
+    (then a request pays nothing for it)."""
+    if config.tracing.enabled:
+        return MIDDLEWARES
+    return tuple(link for link in MIDDLEWARES if link is not tracing_middleware)
+
+
+def _tracing(config: Config) -> RequestTracer | None:
+    """The span pipeline (gateway/tracing.py, imported only here), or None with tracing off. An
+    enabled section without the OpenTelemetry packages is a config problem (check-config says so
+    too), not an ImportError."""
+    if not config.tracing.enabled:
+        return None
+    missing = otel_missing_problem()
+    if missing is not None:
+        raise ConfigError([missing])
+    from gateway.tracing import Tracing
+    return Tracing(config.tracing)
+
+
 #: Taken out of a request once it has been observed (gateway/observers.py).
 _RELEASED_AFTER_OBSERVING = (RECORD, BODY, PLAN, RUNTIME, CAPTURE, DETACHED)
 
 
-def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int
-                       ) -> Callable[[web.Application], AsyncIterator[None]]:
+def _process_resources(config: Config, config_path: str | None, timing: RouterTiming, generation: int,
+                       today: Today) -> Callable[[web.Application], AsyncIterator[None]]:
     """cleanup_ctx: what this process makes once, in order, and undoes in reverse at exit."""
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         server = config.server
+        tracing = _tracing(config)
         client = app[HTTP_CLIENT] = HTTPClient(limit=server.upstream_pool_size, keepalive_s=UPSTREAM_KEEPALIVE_S,
                                                max_body_bytes=server.max_upstream_body_bytes)
-        resources = app[RESOURCES] = Resources(UpstreamHTTP(client), timing)
+        http = UpstreamHTTP(client) if tracing is None else TracedUpstreamHTTP(client)
+        resources = app[RESOURCES] = Resources(http, timing, today)
         try:
             runtime = build_runtime(config, resources, generation=generation)
         except BaseException:
             await client.close()
+            if tracing is not None:
+                await tracing.close()
             raise
+        if tracing is not None:
+            app[TRACING] = tracing
+            log.info("tracing: OTLP/HTTP to %s, sample ratio %g", config.tracing.endpoint,
+                     config.tracing.sample_ratio)
         ref = app[RUNTIME_REF] = RuntimeRef(runtime)
         stats = app[STATS]
         reloader = app[RELOADER] = Reloader(config_path, ref, resources, on_swap=lambda r: _apply(app, r))
@@ -90,7 +125,7 @@ def _process_resources(config: Config, config_path: str | None, timing: RouterTi
         installed_here = not any(isinstance(f, malformed_log.MalformedRequestLog) for f in server_log.filters)
         malformed = malformed_log.install(server_log)
         access_log = app[ACCESS_LOG] = AccessLog.open(config)
-        observers = app[OBSERVERS] = Observers(stats, access_log, _RELEASED_AFTER_OBSERVING)
+        observers = app[OBSERVERS] = Observers(stats, access_log, _RELEASED_AFTER_OBSERVING, tracing)
         backend = app[LIMITS] = make_backend(config.limits)
         log.info("limits backend: %s", "memory" if config.limits.backend == "memory" else "redis")
         keeper = app[IDEMPOTENCY] = Keeper(make_store(backend))
@@ -100,6 +135,8 @@ def _process_resources(config: Config, config_path: str | None, timing: RouterTi
         finally:
             await metrics.stop(background)
             observers.flush()  # what is still queued is observed before the access log closes
+            if tracing is not None:
+                await tracing.close()  # the spans of the last requests are sent
             await keeper.close(server.drain_timeout_s)
             await reloader.close()
             await ref.current.registry.close()
@@ -145,14 +182,16 @@ def add_admin_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> No
 
 
 def create_app(config: Config, config_path: str | None = None, *, timing: RouterTiming = RouterTiming(),
-               session_secret: str | None = None, generation: int = 1) -> web.Application:
+               session_secret: str | None = None, generation: int = 1,
+               today: Today = default_today) -> web.Application:
     """``config_path``: the file ``config`` was read from, re-read by a reload (gateway/reload.py).
     ``timing``: the router's clock, sleep and randomness (tests hand in a fake clock).
+    ``today``: the day model lifecycles are judged on (tests hand in a fixed date).
     ``session_secret``: signs dashboard sessions when the config sets none (the supervisor hands
     every worker the same one); by default each process draws its own. ``generation``: the
     config's generation (a worker started after reloads joins at the supervisor's)."""
     server = config.server
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=server.max_body_bytes,
+    app = web.Application(middlewares=middlewares(config), client_max_size=server.max_body_bytes,
                           handler_args={"keepalive_timeout": server.keepalive_timeout_s,
                                         "max_line_size": server.max_line_bytes,
                                         "max_field_size": server.max_header_bytes,
@@ -160,7 +199,7 @@ def create_app(config: Config, config_path: str | None = None, *, timing: Router
     app[LIFECYCLE] = Lifecycle(separate_admin_port=server.admin_port is not None)
     app[STATS] = Stats(config.dashboard.recent_requests, config.dashboard.max_tracked_ids)
     app[DASHBOARD_SESSIONS] = Sessions(session_secret)
-    app.cleanup_ctx.append(_process_resources(config, config_path, timing, generation))
+    app.cleanup_ctx.append(_process_resources(config, config_path, timing, generation, today))
     app.on_response_prepare.append(_gateway_headers)
     app.router.add_post("/v1/images/generations", handlers.create_image)
     app.router.add_post("/v1/images/edits", handlers.create_edit)

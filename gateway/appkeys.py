@@ -23,6 +23,7 @@ from gateway.plan import Plan
 from gateway.record import RequestRecord
 from gateway.reload import Reloader
 from gateway.runtime import Resources, Runtime, RuntimeRef
+from gateway.tracing_context import RequestTrace, RequestTracer
 
 # Application state: one per process, whatever the configuration.
 #: The current configuration's Runtime (gateway/runtime.py); a reload swaps what it holds.
@@ -43,6 +44,8 @@ OBSERVERS = web.AppKey("observers", Observers)
 DASHBOARD_SESSIONS = web.AppKey("dashboard_sessions", Sessions)
 #: Idempotency keys and their answers (gateway/idempotency.py), in the limits backend's store.
 IDEMPOTENCY = web.AppKey("idempotency", Keeper)
+#: Only with ``tracing.enabled`` (gateway/tracing.py): the span pipeline.
+TRACING: web.AppKey[RequestTracer] = web.AppKey("tracing")
 
 # Request state.
 RECORD = web.RequestKey("record", RequestRecord)
@@ -61,3 +64,5 @@ CAPTURE = web.RequestKey("capture", Capture)
 DETACHED: web.RequestKey[asyncio.Task[web.StreamResponse]] = web.RequestKey("detached")
 #: The CORS headers the answer gets (gateway/middleware/cors.py), put on it by gateway.app.
 CORS_HEADERS: web.RequestKey[Mapping[str, str]] = web.RequestKey("cors_headers")
+#: A traced request's ids (gateway/middleware/tracing.py), read by the observers afterwards.
+TRACE = web.RequestKey("trace", RequestTrace)

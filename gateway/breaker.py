@@ -7,6 +7,11 @@ open       the target is skipped until ``open_until``; the cooldown grows with e
 half_open  after the cooldown exactly one request probes the target while the others skip it;
            its success closes the circuit, its failure re-opens it for a longer cooldown.
 
+A rate limit is not a failure: an upstream answering 429 is working, and asks for time. It
+neither counts towards opening the circuit nor closes it; with a ``retry-after`` the target is
+``rate_limited_until`` then, and the router skips it until that time (a request whose every
+target is rate limited is answered 429 with the soonest ``retry-after``, never 503).
+
 Everything runs on the event loop's thread, so there are no locks; the closed state's
 bookkeeping is a few integer updates and one deque append. Times come from the router's clock.
 """
@@ -26,7 +31,7 @@ HALF_OPEN: State = "half_open"
 
 class Breaker:
     __slots__ = ("config", "state", "consecutive_failures", "trips", "open_until", "probing",
-                 "_window", "_window_failures")
+                 "rate_limited_until", "_window", "_window_failures")
 
     def __init__(self, config: BreakerConfig) -> None:
         self.config = config
@@ -37,6 +42,8 @@ class Breaker:
         self.open_until = 0.0
         #: True while the one half-open probe is in flight.
         self.probing = False
+        #: The upstream's retry-after of its last 429, as a time on the router's clock.
+        self.rate_limited_until = 0.0
         self._window: collections.deque[bool] = collections.deque(maxlen=config.window_requests)
         self._window_failures = 0
 
@@ -77,6 +84,12 @@ class Breaker:
         cancellation, a deadline): give the probe back so the next request can take it."""
         if probe and self.state is HALF_OPEN:
             self.probing = False
+
+    def rate_limited(self, probe: bool, until: float | None) -> None:
+        """The upstream answered 429: not a failure (see above); ``until``: its retry-after."""
+        self.released(probe)
+        if until is not None:
+            self.rate_limited_until = max(self.rate_limited_until, until)
 
     def retry_in_s(self, now: float) -> float:
         return max(0.0, self.open_until - now) if self.state is OPEN else 0.0

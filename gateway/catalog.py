@@ -1,14 +1,17 @@
-"""What is known about image models, as data: capabilities and prices.
+"""What is known about image models, as data: capabilities, prices and lifecycles.
 
 ``gateway/data/models.yaml`` describes OpenAI's GPT Image models. Plugins that speak
 OpenAI's API (openai, azure_openai, local) build their ``models()`` from it; operators
-override any of it per model in config.
+override any of it per model in config. A model's lifecycle (deprecation and shutdown dates,
+the recommended successor) is per provider: OpenAI and Azure retire the same model on different
+dates. What a date means today is decided in gateway/model_lifecycle.py.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+from datetime import date
 
 import msgspec
 
@@ -24,17 +27,19 @@ class SizeRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_pixels: int = 655_360
     max_pixels: int = 8_294_400
 
-    def explain(self, width: int, height: int) -> str | None:
-        """Why ``width`` x ``height`` breaks the rule, or None when it does not."""
+    def broken(self, width: int, height: int) -> str | None:
+        """The first rule ``width`` x ``height`` breaks (the name of its field), or None."""
         if width % self.multiple_of or height % self.multiple_of:
-            return f"both width and height must be multiples of {self.multiple_of}"
+            return "multiple_of"
         if max(width, height) > self.max_edge:
-            return f"the longest edge must be at most {self.max_edge} pixels"
+            return "max_edge"
         if max(width, height) > self.max_aspect * min(width, height):
-            return f"the aspect ratio must be between 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+            return "max_aspect"
         pixels = width * height
-        if not self.min_pixels <= pixels <= self.max_pixels:
-            return f"the total pixel count must be between {self.min_pixels:,} and {self.max_pixels:,}"
+        if pixels < self.min_pixels:
+            return "min_pixels"
+        if pixels > self.max_pixels:
+            return "max_pixels"
         return None
 
 
@@ -81,13 +86,27 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     per_megapixel: float | None = None
 
 
+class Lifecycle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One provider's lifecycle of one model, as the provider publishes it. Dates are UTC days;
+    the model is served up to the day before ``shutdown``. ``successors`` are the provider's
+    recommended replacements (``owner/model`` ids), ``source`` the page that says so."""
+
+    #: When the shutdown was announced (the provider's notice date).
+    deprecated: date | None = None
+    shutdown: date | None = None
+    successors: tuple[str, ...] = ()
+    source: str | None = None
+
+
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One ``owner/model`` id a provider can serve; ``price`` is the provider's published price,
-    used unless the operator's config or the bundled table has one for the id."""
+    used unless the operator's config or the bundled table has one for the id. ``lifecycle``:
+    when this provider retires the model; None leaves it to the bundled catalogue (by plugin name)."""
 
     id: str
     capabilities: Capabilities = Capabilities()
     price: Price | None = None
+    lifecycle: Lifecycle | None = None
 
 
 class CatalogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -95,10 +114,25 @@ class CatalogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     price: Price | None = None
     #: Output tokens per image (gateway/tokens.py): for estimates before a call.
     tokens: TokenRule | None = None
+    #: The dated snapshots of an alias id, oldest first; the alias follows the newest. A snapshot
+    #: without an entry of its own is the alias's twin (same capabilities, price and lifecycle).
+    snapshots: tuple[str, ...] = ()
+    #: For a dated snapshot: the alias id that follows the newest snapshot.
+    snapshot_of: str | None = None
+    #: Per provider plugin name (``openai``, ``azure_openai``): when it retires the model.
+    lifecycle: dict[str, Lifecycle] = {}
 
 
 @functools.cache
 def openai_image_models() -> dict[str, CatalogEntry]:
-    """The GPT Image models from the bundled ``models.yaml``, keyed by ``owner/model`` id."""
+    """The GPT Image models from the bundled ``models.yaml``, keyed by ``owner/model`` id,
+    each alias followed by its dated snapshots."""
     raw = importlib.resources.files("gateway").joinpath("data/models.yaml").read_bytes()
-    return msgspec.yaml.decode(raw, type=dict[str, CatalogEntry])
+    listed = msgspec.yaml.decode(raw, type=dict[str, CatalogEntry])
+    catalog: dict[str, CatalogEntry] = {}
+    for model_id, entry in listed.items():
+        catalog.setdefault(model_id, entry)
+        for snapshot in entry.snapshots:
+            catalog[snapshot] = listed.get(snapshot) or msgspec.structs.replace(
+                entry, snapshots=(), snapshot_of=model_id)
+    return catalog

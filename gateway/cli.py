@@ -1,4 +1,4 @@
-"""``opengateway``: serve, check-config, plugins, keys."""
+"""``opengateway``: serve, check-config, models, plugins, keys."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import Mapping
+from datetime import date
+from typing import TYPE_CHECKING, Mapping
 
 from gateway import LOG_FORMAT, __version__
 from gateway.listeners import Listeners
 from gateway.config import (Config, ConfigError, Problem, config_from_env, inspect_config, load_config, related,
                             with_lines)
+
+if TYPE_CHECKING:
+    from gateway.model_lifecycle import ShutdownNotice
 
 log = logging.getLogger("opengateway")
 
@@ -67,7 +71,7 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
     try:
         config = parse_config(start.text, source=path or "config") if start.text is not None else config_from_env().config
     except ConfigError as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     admin = socket.socket(fileno=args.admin_fd) if args.admin_fd is not None else None
     listeners = Listeners(socket.socket(fileno=args.listen_fd), admin)
@@ -77,7 +81,7 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
         asyncio.run(serve(config, listeners, config_path=path,
                           worker=WorkerStart(control, start.generation, start.session_secret)))
     except ConfigError as exc:  # a plugin refused its settings: the supervisor stops on code 2
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     return 0
 
@@ -124,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config, keys_configured, generated_key = _load(path)
     except ConfigError as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
@@ -136,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         listeners = bind_listeners(config, host, port)
     except ConfigError as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     except CannotListen as exc:
         print(exc.strerror, file=sys.stderr)
@@ -169,7 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(config, listeners, config_path=path))
     except ConfigError as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     finally:
         listeners.close()
@@ -216,39 +220,38 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
-def _print_problems(exc: ConfigError) -> None:
+def print_problems(exc: ConfigError) -> None:
     print(f"configuration problems ({len(exc.problems)}):", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
 
 
-def config_problems(text: str, env: Mapping[str, str] | None = None) -> tuple[Config | None, list[Problem]]:
+def config_problems(text: str, env: Mapping[str, str] | None = None, today: date | None = None
+                    ) -> tuple[Config | None, list[Problem], list[ShutdownNotice]]:
     """Every problem of a config file in one run, each with its line: the file's own (an unset
     ``${VAR}`` included), then the plugins' and the model table's, found by building the runtime
-    ``serve`` would build on what could be made of the file."""
+    ``serve`` would build on what could be made of the file; and its configured models past, or
+    within 30 days of, their shutdown on ``today`` (default: the process's today)."""
     import msgspec
 
-    from gateway.http_client import HTTPClient
-    from gateway.runtime import Resources, build_runtime
-    from gateway.upstream_http import UpstreamHTTP
+    from gateway.catalog_report import offline_registry
+    from gateway.model_lifecycle import default_today, notices
 
     inspection = inspect_config(text, env)
     config, problems = inspection.config, list(inspection.problems)
     if config is None:
-        return None, problems
+        return None, problems, []
     # When the model table names what does not exist, the plugins are still checked, on their own.
     own = [p for p in problems if not related(p.path, inspection.unset_paths)]
     checked = msgspec.structs.replace(config, models={}, aliases={}) if own else config
-
-    async def build() -> None:
-        # The runtime serve would build, on a client that never connects.
-        await build_runtime(checked, Resources(UpstreamHTTP(HTTPClient()))).registry.close()
+    day = today or default_today()
+    found: list[ShutdownNotice] = []
     try:
-        asyncio.run(build())
+        found = offline_registry(checked, day, lambda registry: notices(registry, day))
     except ConfigError as exc:
         later = [p for p in exc.problems if not related(p.path, inspection.unset_paths)]
         problems += with_lines(later, text)
-    return (config if not problems else None), sorted(problems, key=lambda p: p.line or 0)
+    return (config if not problems else None), sorted(problems, key=lambda p: p.line or 0), found
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -265,15 +268,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{path}: cannot read the file: {exc.strerror}", file=sys.stderr)
         return 1
-    config, problems = config_problems(text)
+    config, problems, found = config_problems(text)
     if config is None:
         for problem in problems:
             print(f"{path}:{problem}", file=sys.stderr)
         print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
+    lines = with_lines([Problem(f"$.models.{n.model}", "") for n in found], text)
+    for notice, located in zip(found, lines):
+        where = f"line {located.line}: " if located.line else ""
+        print(f"{path}: warning: {where}{notice}", file=sys.stderr)
     print(f"{path}: OK ({len(config.providers)} providers, {len(config.models)} models, "
           f"{len(config.keys)} keys)")
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from gateway.catalog_report import command
+
+    return command(args.config or os.environ.get("OPENGATEWAY_CONFIG"), as_json=args.json, check=args.check,
+                   day=args.today)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -347,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
+    models = sub.add_parser("models", help="the models the config serves: capabilities, prices and each "
+                            "provider's lifecycle (deprecation, shutdown, successor)")
+    models.add_argument("--config", help="YAML config file (default: $OPENGATEWAY_CONFIG, else the environment)")
+    models.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    models.add_argument("--check", action="store_true",
+                        help="exit 1 when a model of the config's models: is past its shutdown on a target and "
+                             "not pinned (for CI and deploy checks); near shutdowns are warnings")
+    models.add_argument("--today", metavar="YYYY-MM-DD",
+                        help="judge the lifecycle on this day (default: $OPENGATEWAY_TODAY, else today, UTC)")
+    models.set_defaults(func=cmd_models)
+
     check = sub.add_parser("check-config", help="validate a config file and report every problem")
     check.add_argument("file", nargs="?", help="the YAML config file (default: $OPENGATEWAY_CONFIG)")
     check.set_defaults(func=cmd_check_config)
@@ -366,11 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.model_lifecycle import TODAY_ENV, parse_day
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.log_level not in LOG_LEVELS:  # argparse does not check a default against the choices
         parser.error(f"OPENGATEWAY_LOG_LEVEL: invalid choice: {args.log_level.lower()!r} "
                      f"(choose from {', '.join(level.lower() for level in LOG_LEVELS)})")
+    if os.environ.get(TODAY_ENV):
+        try:
+            parse_day(os.environ[TODAY_ENV])
+        except ValueError:
+            parser.error(f"{TODAY_ENV}: expected YYYY-MM-DD, got {os.environ[TODAY_ENV]!r}")
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     return args.func(args)
 

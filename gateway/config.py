@@ -19,7 +19,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from gateway.catalog import Capabilities, Price, openai_image_models
+from gateway.catalog import Capabilities, Price
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 
@@ -137,10 +137,13 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: Request fields a target of this model may drop when it cannot honour them, instead of the
     #: request being refused (or the target skipped); each drop is noted in the attempt.
     drop_unsupported: list[DroppableField] = []
+    #: Serve the model past its providers' shutdown dates (gateway/model_lifecycle.py): the
+    #: gateway stops refusing it and leaves the answer to the upstream.
+    pinned: bool = False
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Circuit breaker per target (README section ``routing``)."""
+    """Circuit breaker per target (docs/routing.md)."""
 
     enabled: bool = True
     #: Consecutive failed attempts that open the circuit.
@@ -176,8 +179,8 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class IdempotencyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The ``Idempotency-Key`` header on the image routes (gateway/idempotency.py; the README's
-    "Retries and billing"). Keys and answers live where the limits do (``limits.backend``)."""
+    """The ``Idempotency-Key`` header on the image routes (gateway/idempotency.py,
+    docs/retries-and-billing.md). Keys and answers live where the limits do (``limits.backend``)."""
 
     enabled: bool = True
     #: How long a key and its answer are kept (the IETF draft and Stripe: 24 hours).
@@ -197,7 +200,7 @@ class IdempotencyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``/metrics`` (gateway/metrics.py; the README's observability section lists every metric)."""
+    """``/metrics`` (gateway/metrics.py; docs/observability/metrics.md lists every metric)."""
 
     enabled: bool = True
     #: When set, ``/metrics`` asks for ``Authorization: Bearer <token>`` (use a ``${ENV}`` reference).
@@ -260,11 +263,36 @@ class CorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     allow_credentials: bool = False
 
 
+class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """OpenTelemetry traces sent by OTLP/HTTP (gateway/tracing.py; docs/observability/tracing.md). Needs
+    the ``otel`` extra. Read once per process, except ``include_prompt`` and ``include_user_id``."""
+
+    enabled: bool = False
+    #: The collector's OTLP/HTTP traces URL (4318 and /v1/traces are OTLP/HTTP's defaults).
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    #: ``service.name`` of the spans' resource.
+    service_name: str = "opengateway"
+    #: Sent with every export (an auth token: use a ``${ENV}`` reference).
+    headers: dict[HeaderName, str] = {}
+    #: Share of new traces kept; a client's sampled flag is followed whatever this says.
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    #: How often queued spans are sent, and how long one export may take.
+    batch_delay_s: PositiveSeconds = 5.0
+    export_timeout_s: PositiveSeconds = 10.0
+    #: The prompt and the analytics ids are user content: in spans only when these are true.
+    include_prompt: bool = False
+    include_user_id: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     providers: list[ProviderInstance] = []
     models: dict[str, ModelConfig] = {}
     aliases: dict[str, str] = {}
+    #: A model id without its owner (``gpt-image-2``, as LiteLLM and chat front-ends send it):
+    #: ``resolve`` serves the one configured ``owner/gpt-image-2`` (two or more: a 400 naming
+    #: them); ``refuse`` answers 400 asking for ``owner/model``.
+    bare_model_ids: Literal["resolve", "refuse"] = "resolve"
     keys: list[KeyConfig] = []
     router: RouterConfig = RouterConfig()
     #: Key hashes of admins (dashboard, reload); empty means no admin access.
@@ -275,6 +303,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     dashboard: DashboardConfig = DashboardConfig()
     log: LogConfig = LogConfig()
     cors: CorsConfig = CorsConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -479,6 +508,7 @@ def check_references(config: Config) -> list[Problem]:
             problems.append(Problem(f"$.aliases.{alias}", f"no model '{target}' in models"))
     problems.extend(_check_server(config.server))
     problems.extend(_check_cors(config.cors))
+    problems.extend(_check_tracing(config.tracing))
     names = [k.name for k in config.keys]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -530,6 +560,53 @@ def _check_cors(cors: CorsConfig) -> list[Problem]:
     return problems
 
 
+#: The modules ``tracing.enabled`` needs, and where they come from.
+OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+OTEL_INSTALL = "pip install 'opengateway[otel]'"
+
+
+def otel_missing() -> str | None:
+    """The first OpenTelemetry module that cannot be imported, or None when the extra is installed."""
+    from importlib.util import find_spec
+
+    for name in OTEL_MODULES:
+        try:
+            if find_spec(name) is None:
+                return name
+        except ImportError:  # a parent package is missing
+            return name
+    return None
+
+
+def _check_tracing(tracing: TracingConfig) -> list[Problem]:
+    from yarl import URL
+
+    if not tracing.enabled:
+        return []
+    problems: list[Problem] = []
+    try:
+        url = URL(tracing.endpoint)
+        valid = url.scheme in ("http", "https") and bool(url.host)
+    except ValueError:
+        valid = False
+    if not valid:
+        problems.append(Problem("$.tracing.endpoint", f"'{tracing.endpoint}' is not an http(s) URL "
+                                                      "(e.g. http://otel-collector:4318/v1/traces)"))
+    missing = otel_missing_problem()
+    if missing is not None:
+        problems.append(missing)
+    return problems
+
+
+def otel_missing_problem() -> Problem | None:
+    """``tracing.enabled`` without the OpenTelemetry packages, as a problem that says how to install them."""
+    missing = otel_missing()
+    if missing is None:
+        return None
+    return Problem("$.tracing.enabled", f"tracing needs the OpenTelemetry packages ({missing} is not installed): "
+                                        f"{OTEL_INSTALL}")
+
+
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
@@ -572,7 +649,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> EnvConfig:
     else:
         provider = ProviderInstance(id="local", plugin="local", region="local")
         upstream = "local"
-    models = {model_id: ModelConfig(targets=[provider.id]) for model_id in openai_image_models()}
-    config = Config(providers=[provider], models=models,
-                    keys=[KeyConfig(name="default", hash=key_hash(key))])
+    # No ``models:`` section: every model the provider declares (the bundled catalogue) is routed
+    # to it, and one that is past its shutdown answers 404 naming its successor.
+    config = Config(providers=[provider], keys=[KeyConfig(name="default", hash=key_hash(key))])
     return EnvConfig(config, generated, upstream)

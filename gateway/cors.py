@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from gateway.config import CorsConfig
 
 #: Request headers always allowed: the key and the body's type, the analytics headers, a client's
-#: request id and idempotency key, and what the official openai-node SDK adds from a browser
+#: request id, idempotency key and W3C trace context (a page's OpenTelemetry instrumentation), and what the official openai-node SDK adds from a browser
 #: (``dangerouslyAllowBrowser``): its ``X-Stainless-*`` platform, retry and timeout headers, and
 #: ``OpenAI-Organization`` / ``OpenAI-Project`` when the client sets them (src/client.ts
 #: ``buildHeaders`` and src/internal/detect-platform.ts of github.com/openai/openai-node).
 ALWAYS_ALLOWED_HEADERS: tuple[str, ...] = (
     "authorization", "content-type", "x-opengateway-user-id", "x-opengateway-session-id",
-    "idempotency-key", "x-request-id", "openai-organization", "openai-project",
+    "idempotency-key", "x-request-id", "openai-organization", "openai-project", "traceparent", "tracestate",
     "x-stainless-lang", "x-stainless-package-version", "x-stainless-os", "x-stainless-arch",
     "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-timeout",
     "x-stainless-helper-method", "x-stainless-poll-helper",

@@ -10,6 +10,10 @@ How ``usage`` is read: without ``input_tokens_details`` every input token is tex
 ``output_tokens_details`` every output token is image (GPT Image answers images). ``cached_tokens``
 are a part of the input tokens; OpenAI does not say which modality they were, so they are taken
 from the text tokens first (a cached prompt prefix is text), the rest from the image tokens.
+A usage that cannot be read that way is priced as unknown, with the reason, never as 0 or less:
+a negative count, a details object whose parts do not add up to its total (present but empty,
+say: ``{"input_tokens": 19, "input_tokens_details": {}}``), more cached tokens than input tokens,
+or images answered with no output tokens at all.
 """
 
 from __future__ import annotations
@@ -59,13 +63,42 @@ class Cost(msgspec.Struct, frozen=True, omit_defaults=True):
     possibly_billed_usd: float | None = None
 
 
+class UnreadableUsage(ValueError):
+    """A ``usage`` that cannot be split into token kinds; its message is the reason."""
+
+
+def _check_counts(usage: Usage) -> None:
+    counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+              "total_tokens": usage.total_tokens}
+    for name, details in (("input_tokens_details", usage.input_tokens_details),
+                          ("output_tokens_details", usage.output_tokens_details)):
+        if details is not None:
+            counts.update({f"{name}.{k}": v for k, v in msgspec.structs.asdict(details).items()})
+    for name, count in counts.items():
+        if count < 0:
+            raise UnreadableUsage(f"the usage has a negative count ({name}: {count})")
+    for total, details in (("input_tokens", usage.input_tokens_details),
+                           ("output_tokens", usage.output_tokens_details)):
+        if details is None:
+            continue
+        parts, whole = details.text_tokens + details.image_tokens, counts[total]
+        if parts != whole:
+            raise UnreadableUsage(
+                f"the usage's {total}_details (text_tokens + image_tokens = {parts}) do not add up to its "
+                f"{total} ({whole})")
+    cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
+    if cached > usage.input_tokens:
+        raise UnreadableUsage(f"the usage has more cached_tokens ({cached}) than input_tokens ({usage.input_tokens})")
+
+
 def tokens_of(usage: Usage) -> Tokens:
+    """``usage`` split into token kinds; UnreadableUsage (with the reason) when it cannot be."""
+    _check_counts(usage)
     details_in, details_out = usage.input_tokens_details, usage.output_tokens_details
     if details_in is None:
         text_in, image_in, cached = usage.input_tokens, 0, 0
     else:
         text_in, image_in, cached = details_in.text_tokens, details_in.image_tokens, details_in.cached_tokens
-    cached = min(max(cached, 0), text_in + image_in)
     cached_text = min(cached, text_in)
     cached_image = cached - cached_text
     if details_out is None:
@@ -113,11 +146,19 @@ def model_cost(usage: Usage | None, price: Price | None, source: str | None, mod
     """The tokens and cost of one answer of ``model`` that made ``images`` images of
     ``megapixels`` in all; ``source`` says where its price came from (``config``, ``bundled``
     or ``plugin``; ModelRoute.price_source)."""
-    tokens = None if usage is None else tokens_of(usage)
+    unreadable = None
+    try:
+        tokens = None if usage is None else tokens_of(usage)
+    except UnreadableUsage as exc:
+        tokens, unreadable = None, str(exc)
     if price is not None and (price.per_image is not None or price.per_megapixel is not None):
         return tokens, output_cost(images, megapixels, price, source, model)
+    if unreadable is not None and price is not None:
+        return None, Cost(None, None, source, unreadable)
     if tokens is None and price is not None:
         return None, unknown_usage()
+    if tokens is not None and price is not None and images and not (tokens.image_output or tokens.text_output):
+        return tokens, Cost(None, None, source, f"the usage reports no output tokens for {images} image(s)")
     # Without a price that is the reason, usage or not (providers billed per image report none).
     return tokens, price_cost(tokens or Tokens(), price, source, model)
 
@@ -143,6 +184,30 @@ def estimate_usd(request: ImageRequest, price: Price | None, tokens: TokenRule |
         return None
     prompt_tokens = -(-len(request.prompt) // 4)
     return round((out * price.image_output + prompt_tokens * (price.text_input or 0.0)) / 1_000_000, 10)
+
+
+def worst_case_usd(request: ImageRequest, models: Iterable[tuple[Price | None, TokenRule | None]]) -> float | None:
+    """What a spend limit reserves for ``request`` before its call: the largest ``estimate_usd``
+    among the models that may serve it (the one asked for and its fallbacks), each ``(price,
+    tokens)``; None when none of them can be estimated (nothing is reserved)."""
+    estimates = [usd for price, tokens in models if (usd := estimate_usd(request, price, tokens)) is not None]
+    return max(estimates) if estimates else None
+
+
+def spent_usd(cost: Cost | None, possibly_billed_attempts: int, possibly_billed_usd: float | None) -> float | None:
+    """What a finished request is charged to its key's spend: the answer's cost plus the upper
+    bound of the attempts that may have been billed without an answer; 0 for a request that
+    failed before anything could be billed. None when unknown (the reservation then stands)."""
+    doubt = 0.0
+    if possibly_billed_attempts:
+        if possibly_billed_usd is None:
+            return None
+        doubt = possibly_billed_usd
+    if cost is None:  # no answer: only what may have been billed
+        return doubt
+    if cost.cost_usd is None:
+        return None
+    return round(cost.cost_usd + doubt, 10)
 
 
 def possibly_billed(attempts: Iterable[Attempt], estimate: Callable[[str], float | None]) -> tuple[int, float | None]:

@@ -144,6 +144,21 @@ def model_not_found(model: str) -> NotFound:
     )
 
 
+def model_does_not_exist(model: str) -> InvalidRequest:
+    """An id that names no model here (empty, unknown, another owner's): OpenAI's images
+    endpoints answer 400 ``image_generation_user_error`` with this message, not a 404."""
+    return InvalidRequest(f"The model '{model}' does not exist.", param="model", code="invalid_value",
+                          type="image_generation_user_error")
+
+
+def model_shut_down(model: str, shutdown: str, successors: tuple[str, ...]) -> NotFound:
+    """A model every deployment of which is past its shutdown: OpenAI's 404 ``model_not_found``,
+    naming the day and the replacements its providers recommend."""
+    instead = (" Use " + " or ".join(f"'{s}'" for s in successors) + " instead.") if successors else ""
+    return NotFound(f"The model '{model}' does not exist or you do not have access to it: it was shut "
+                    f"down on {shutdown}.{instead}", param="model", code="model_not_found")
+
+
 def internal_error(request_id: str) -> GatewayError:
     """An unexpected exception: the client learns the request id, never the internals."""
     return GatewayError(

@@ -69,6 +69,11 @@ async def create_image(request: web.Request) -> web.StreamResponse:
 
 def _doubt(runtime: Runtime, plan: Plan, record: RequestRecord) -> int:
     """The attempts that may have been billed without an answer (gateway/cost.py), on the record."""
+    for attempt in record.attempts:
+        if attempt.possibly_billed:
+            break
+    else:
+        return 0  # the usual case, at the cost of a loop over one attempt
     models = runtime.registry.models
 
     def estimate(model: str) -> float | None:

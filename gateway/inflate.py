@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import zlib
 
-#: Output of one inflate call: about a millisecond of CPU on the machine the README measures.
+#: Output of one inflate call: about a millisecond of CPU on the machine docs/performance.md measures.
 SLICE_BYTES = 256 << 10
 
 

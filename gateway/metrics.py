@@ -1,4 +1,4 @@
-"""Every Prometheus metric the gateway exports, defined in one place (listed in the README).
+"""Every Prometheus metric the gateway exports, defined in one place (listed in docs/observability/metrics.md).
 
 Label names follow the OpenTelemetry semantic conventions where one fits (``http_route``,
 ``http_response_status_code``, ``gen_ai_request_model``, ``gen_ai_response_model``,
@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
+from gateway.model_lifecycle import shutdown_timestamp_s
 from gateway.record import RequestRecord
 
 if TYPE_CHECKING:
@@ -57,9 +58,9 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
 # ``*_created`` series double the output and nothing here reads them.
 prometheus_client.disable_created_metrics()
 
-#: Image calls take from tens of milliseconds (cached, local) to minutes; 60 s is the README's SLO.
+#: Image calls take from tens of milliseconds (cached, local) to minutes; 60 s is the SLO of docs/observability/metrics.md.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300)
-#: The gateway's own time per request; 10 ms is the README's overhead SLO.
+#: The gateway's own time per request; 10 ms is the overhead SLO there.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 #: Request bodies are up to 1 MB; answers carry n images of several MB of base64 each.
 SIZE_BUCKETS = tuple(float(4 ** i * 256) for i in range(11))  # 256 B .. 256 MiB
@@ -145,6 +146,11 @@ RATE_LIMITED = Counter(
 MALFORMED_REQUESTS = Counter(
     "opengateway_malformed_requests",
     "HTTP requests aiohttp's parser refused with a 400 before any middleware (logged or not).")
+MODEL_SHUTDOWN = Gauge(
+    "opengateway_model_shutdown_timestamp_seconds",
+    "When a provider shuts down a model configured under models: (unix seconds, the shutdown day's "
+    "first instant UTC), by model, provider plugin and whether the operator pinned it.",
+    ["gen_ai_request_model", "gen_ai_provider_name", "pinned"], multiprocess_mode="livemax")
 BUILD_INFO = Gauge(
     "opengateway_build_info", "Always 1; the running gateway's version.", ["version", "python_version"],
     multiprocess_mode="max")
@@ -349,6 +355,28 @@ def refresh_breakers(runtime: Runtime) -> None:
     set_breaker_states(breaker_snapshot(runtime))
 
 
+def refresh_shutdowns(runtime: Runtime) -> None:
+    """Copy the configured models' shutdown days (gateway/model_lifecycle.py) into the gauge; a
+    series whose model a reload dropped goes."""
+    current: dict[tuple[str, ...], float] = {}
+    for model_id in runtime.config.models:
+        route = runtime.registry.models.get(model_id)
+        if route is None:
+            continue
+        for target in route.targets:
+            if target.lifecycle is not None and target.lifecycle.shutdown is not None:
+                series = (model_id, target.plugin, "true" if route.pinned else "false")
+                current[series] = shutdown_timestamp_s(target.lifecycle.shutdown)
+    names = ("gen_ai_request_model", "gen_ai_provider_name", "pinned")
+    shown = {tuple(s.labels[n] for n in names) for m in MODEL_SHUTDOWN.collect() for s in m.samples}
+    for gone in shown - current.keys():
+        # NaN first: with several workers a removed child's last value stays in its file.
+        MODEL_SHUTDOWN.labels(*gone).set(float("nan"))
+        MODEL_SHUTDOWN.remove(*gone)
+    for labels, value in current.items():
+        MODEL_SHUTDOWN.labels(*labels).set(value)
+
+
 def background(current: Callable[[], Runtime]) -> list[asyncio.Task[None]]:
     """Keep the breaker gauge current (every ``metrics.breaker_refresh_s`` of the current config)
     and publish the batch every second (with several workers ``observe`` publishes at once)."""
@@ -357,6 +385,7 @@ def background(current: Callable[[], Runtime]) -> list[asyncio.Task[None]]:
             runtime = current()
             if runtime.config.metrics.enabled:
                 refresh_breakers(runtime)
+                refresh_shutdowns(runtime)
             await asyncio.sleep(runtime.config.metrics.breaker_refresh_s)
 
     async def publish_forever() -> None:

@@ -1,5 +1,6 @@
 """``GET /v1/models`` and ``GET /v1/models/{model}``: OpenAI's list and retrieve shapes, with each
-model's capabilities (what the gateway checks requests against) as an extension field."""
+model's capabilities (what the gateway checks requests against) as an extension field and its
+``shutdown_date``. A model past its shutdown (and not pinned) is neither listed nor retrieved."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gateway.appkeys import PRINCIPAL, RUNTIME
 from gateway.catalog import Capabilities
 from gateway.errors import GatewayError, model_not_found
 from gateway.keyring import may_use
+from gateway.model_lifecycle import retired, shutdown_day
 from gateway.registry import ModelRoute
 
 
@@ -20,6 +22,8 @@ class ModelObject(msgspec.Struct):
     owned_by: str = ""
     #: OpenGateway's extension: sizes, qualities, formats, n, streaming, edits (gateway/catalog.py).
     capabilities: Capabilities | None = None
+    #: ``YYYY-MM-DD`` from which no deployment serves the model, or null (OpenAI's field of the name).
+    shutdown_date: str | None = None
 
 
 class ModelList(msgspec.Struct):
@@ -28,13 +32,16 @@ class ModelList(msgspec.Struct):
 
 
 def _object(route: ModelRoute) -> ModelObject:
-    return ModelObject(route.id, owned_by=route.id.partition("/")[0], capabilities=route.capabilities)
+    day = shutdown_day(route)
+    return ModelObject(route.id, owned_by=route.id.partition("/")[0], capabilities=route.capabilities,
+                       shutdown_date=day.isoformat() if day is not None else None)
 
 
 async def list_models(request: web.Request) -> web.Response:
-    registry = request[RUNTIME].registry
+    runtime = request[RUNTIME]
+    registry, today = runtime.registry, runtime.today()
     ids = registry.visible_models(request[PRINCIPAL])
-    body = ModelList([_object(registry.models[i]) for i in ids])
+    body = ModelList([_object(registry.models[i]) for i in ids if retired(registry.models[i], today) is None])
     return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
 
@@ -46,6 +53,6 @@ async def retrieve_model(request: web.Request) -> web.Response:
         route = request[RUNTIME].registry.resolve(asked)
     except GatewayError:
         raise model_not_found(asked) from None
-    if not may_use(request[PRINCIPAL], route.id):
+    if not may_use(request[PRINCIPAL], route.id) or retired(route, request[RUNTIME].today()) is not None:
         raise model_not_found(asked)
     return web.Response(body=msgspec.json.encode(_object(route)), content_type="application/json")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import web
 
@@ -24,13 +24,19 @@ from gateway.dashboard.stats import Stats
 from gateway.record import RequestRecord
 from gateway.runtime import Runtime
 
+if TYPE_CHECKING:
+    from gateway.tracing_context import RequestTracer
+
 log = logging.getLogger("opengateway.observers")
 
 
 class Observers:
-    def __init__(self, stats: Stats, access_log: AccessLog | None, release: Iterable[web.RequestKey[Any]]) -> None:
+    def __init__(self, stats: Stats, access_log: AccessLog | None, release: Iterable[web.RequestKey[Any]],
+                 tracing: RequestTracer | None = None) -> None:
         self._stats = stats
         self._access_log = access_log
+        #: With ``tracing.enabled``: the request's spans, built from its record (gateway/tracing.py).
+        self._tracing = tracing
         #: What to take out of a request once it is observed (see ``flush``).
         self._release = tuple(release)
         self._pending: list[tuple[RequestRecord, str | None, web.Request, Runtime]] = []
@@ -57,8 +63,10 @@ class Observers:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        stats, access_log = self._stats, self._access_log
+        stats, access_log, tracing = self._stats, self._access_log, self._tracing
         for record, prompt, request, runtime in pending:
+            if tracing is not None:  # before the plan (and its prompt, when opted in) is let go
+                tracing.observe(record, request, runtime)
             # aiohttp keeps a keep-alive connection's last request until the next one arrives:
             # let go of what is ours in it (the record, the plan with its prompt of up to 32,000
             # characters), now that the answer has gone out.

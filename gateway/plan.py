@@ -1,16 +1,18 @@
 """The request plan: one function turns (request, key, runtime) into the targets to try, in order.
 
 Everything the gateway decides about a request before any upstream call is decided here, once:
-the model it names (aliases, unknown ids), whether the key may use it, whether the model can take
+the model it names (aliases, bare ids, unknown ids: ``Registry.resolve``), whether the key may use
+it, whether it is past its shutdown (gateway/model_lifecycle.py), whether the model can take
 the request (gateway/validation.py, against its capabilities), which fields beyond the contract it
 allows, the fallback models (asked for or configured, allowed, deduplicated, bounded), the
 deadline, the order of weighted deployments, and which deployment cannot take the request (an
-Azure deployment without webp beside OpenAI). The router (gateway/router.py) only walks the
-candidates; plugins never validate again.
+Azure deployment without webp beside OpenAI, a deployment its provider has shut down). The
+router (gateway/router.py) only walks the candidates; plugins never validate again.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import msgspec
@@ -18,8 +20,9 @@ import msgspec
 from gateway.api import ImageRequest
 from gateway.catalog import Capabilities
 from gateway.config import KeyConfig
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, model_shut_down
 from gateway.keyring import forbidden, may_use
+from gateway.model_lifecycle import is_shut, retired, skip_reason
 from gateway.registry import ModelRoute, Registry
 from gateway.router import Candidate
 from gateway.uploads import EditInputs
@@ -51,10 +54,17 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
         # ``stream: false`` and ``response_format: "b64_json"`` ask for what GPT Image models do
         # anyway; the models refuse the latter, so neither is sent upstream.
         request = msgspec.structs.replace(request, stream=request.stream or None, response_format=None)
+    if request.output_compression == 100 and (request.output_format or "png") == "png":
+        # 100 is OpenAI's documented default, and a PNG has no compression level: accepted, not sent.
+        request = msgspec.structs.replace(request, output_compression=None)
     registry = runtime.registry
     route = registry.resolve(request.model)
     if not may_use(key, route.id):
         raise forbidden(route.id, key)
+    today = runtime.today()
+    gone = retired(route, today)
+    if gone is not None:
+        raise model_shut_down(request.model, gone.shutdown.isoformat(), gone.successors)
     fitted = _fit(request, route.capabilities, _droppable(runtime, route.id), route.id, inputs)
     problem = fitted.problem or unknown_field_error(unknown, route.capabilities)
     if problem is not None:
@@ -63,13 +73,13 @@ def make_plan(request: ImageRequest, unknown: dict[str, Any], key: KeyConfig, ru
     deadline_s = runtime.config.router.deadline_s
     if request.extra is not None and request.extra.deadline_s is not None:
         deadline_s = min(deadline_s, request.extra.deadline_s)
-    candidates = list(_candidates(route, fitted, unknown, runtime, inputs))
+    candidates = list(_candidates(route, fitted, unknown, runtime, inputs, today))
     for fallback in fallbacks:
         # A fallback model that cannot take this request is reported as skipped, not refused.
         fitted = _fit(request, fallback.capabilities, _droppable(runtime, fallback.id), fallback.id, inputs)
         if fitted.problem is None:
             fitted = fitted._replace(problem=unknown_field_error(unknown, fallback.capabilities))
-        candidates.extend(_candidates(fallback, fitted, unknown, runtime, inputs))
+        candidates.extend(_candidates(fallback, fitted, unknown, runtime, inputs, today))
     return Plan(request, route, tuple(candidates), deadline_s, inputs)
 
 
@@ -102,9 +112,12 @@ def _fit(request: ImageRequest, caps: Capabilities, droppable: frozenset[str], m
 
 
 def _candidates(route: ModelRoute, fitted: _Fitted, unknown: dict[str, Any], runtime: Runtime,
-                inputs: EditInputs | None) -> Iterator[Candidate]:
+                inputs: EditInputs | None, today: date) -> Iterator[Candidate]:
     droppable = None
     for target in runtime.router.order(route.targets, route.weighted):
+        if not route.pinned and is_shut(target, today):  # its provider retired the model
+            yield Candidate(target, unsupported=skip_reason(target))
+            continue
         own = fitted
         caps = route.capabilities
         if own.problem is None and target.capabilities is not None:  # a deployment that differs from its model

@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Mapping, Sequence
 
 import msgspec
 
-from gateway.api import ImageRequest
+from gateway.api import ImageRequest, InputTokensDetails, OutputTokensDetails, Usage
 from gateway.catalog import Capabilities, Model, Price, SizeRule, openai_image_models
 from gateway.http_client import check_url
 from gateway.mapping import (K_CLASSES, AspectChoice, Batch, Dimensions, FilePart, GeneratedImage, GridRule,
@@ -58,7 +58,9 @@ __all__ = [
     "ImageRequest",
     "ImageResult",
     "InputImage",
+    "InputTokensDetails",
     "Model",
+    "OutputTokensDetails",
     "Provider",
     "ProviderError",
     "SizeRule",
@@ -66,6 +68,8 @@ __all__ = [
     "TokenRule",
     "StreamingAnswer",
     "UpstreamHTTP",
+    "Usage",
+    "answered",
     "check_url",
     "decode_json",
     "error_from_openai",
@@ -75,6 +79,8 @@ __all__ = [
     "openai_stream",
     "pass_through",
     "retry_after_s",
+    "scrub",
+    "status_error",
     "stream_event",
     # Mapping OpenAI's request onto other APIs (gateway/mapping/).
     "AspectChoice",
@@ -231,6 +237,46 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
             if 0 <= seconds < 86_400:
                 return seconds
     return None
+
+
+def status_error(status: int, message: str, headers: Mapping[str, str], *, retry_after: float | None = None,
+                 retryable: bool | None = None) -> ProviderError:
+    """What an upstream's HTTP error status usually means, in OpenAI's words, for a plugin to fall
+    back on once it has handled its vendor's own cases (a content refusal, a billing status): 401
+    a refused key, 403 a key without permission (both: the router moves to the next target), 404
+    a model the upstream lacks, 429 a rate limit (``retry_after``, or the ``retry-after`` header),
+    5xx the upstream's failure (retried), any other 4xx the request's fault (400 ``invalid_value``).
+    ``message`` should already be scrubbed of credentials (``scrub``)."""
+    if status == 401:
+        return ProviderError(message, status=401, type="invalid_request_error", code="invalid_api_key")
+    if status == 403:
+        return ProviderError(message, status=403, type="invalid_request_error", code="permission_denied")
+    if status == 404:
+        return ProviderError(message, status=404, type="invalid_request_error", code="model_not_found")
+    if status == 429:
+        return ProviderError(message, status=429, type="requests", code="rate_limit_exceeded",
+                             retry_after_s=retry_after if retry_after is not None else retry_after_s(headers))
+    if status >= 500:
+        return ProviderError(message, status=status, type="server_error", retryable=retryable,
+                             retry_after_s=retry_after_s(headers))
+    return ProviderError(message, status=400, type="invalid_request_error", code="invalid_value")
+
+
+def answered(upstream: str, status: int, raw: bytes) -> str:
+    """A message for an error answer whose body says nothing readable: its status and the start
+    of its body ("Acme answered HTTP 502: <html>...")."""
+    snippet = raw[:200].decode("utf-8", "replace").strip()
+    return f"{upstream} answered HTTP {status}" + (f": {snippet}" if snippet else ".")
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with the plugin's own credentials replaced (an upstream may quote the key it was
+    sent). The gateway redacts everything again before any client or log sees it; this keeps the
+    plugin's own messages clean too."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 class _OpenAIErrorObject(msgspec.Struct):

@@ -1,7 +1,9 @@
 """The model table: configured provider instances and the ``owner/model`` ids they serve.
 
 Built once per configuration (start-up and reload) from the config and the plugins'
-``models()``. Resolving a client's model id (aliases, bare names, unknown ids) happens here.
+``models()``. Resolving a client's model id (aliases, bare ids, unknown ids) happens here, in
+``Registry.resolve`` and nowhere else. Each deployment carries its provider's lifecycle of the
+model (the plugin's own, else the bundled catalogue's for the plugin's name).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from gateway.catalog import Capabilities, Price, openai_image_models
+from gateway.catalog import Capabilities, Lifecycle, Price, openai_image_models
 from gateway.config import Config, ConfigError, KeyConfig, Problem, validation_problem
-from gateway.errors import InvalidRequest, model_not_found
+from gateway.errors import InvalidRequest, model_does_not_exist
 from gateway.keyring import may_use
 from gateway.plugins import provider_class
 from gateway.provider import Provider
@@ -35,6 +37,8 @@ class Target(msgspec.Struct, frozen=True):
     #: OpenAI has no webp); None when the model's capabilities hold. The router skips a target
     #: that cannot take the request instead of letting its upstream refuse it.
     capabilities: Capabilities | None = None
+    #: When this provider retires the model (gateway/model_lifecycle.py); None: not known.
+    lifecycle: Lifecycle | None = None
 
 
 class ModelRoute(msgspec.Struct, frozen=True):
@@ -50,6 +54,8 @@ class ModelRoute(msgspec.Struct, frozen=True):
     weighted: bool = False
     #: Output tokens per image (gateway/tokens.py), for estimates before a call; None: unknown.
     tokens: TokenRule | None = None
+    #: The operator serves the model past its shutdown (``models.<id>.pinned``).
+    pinned: bool = False
 
 
 class Registry:
@@ -88,6 +94,7 @@ class Registry:
         declared_models = {iid: list(p.models()) for iid, p in providers.items()}
         declared = {iid: {m.id: m.capabilities for m in models} for iid, models in declared_models.items()}
         declared_prices = {iid: {m.id: m.price for m in models} for iid, models in declared_models.items()}
+        declared_lifecycles = {iid: {m.id: m.lifecycle for m in models} for iid, models in declared_models.items()}
         table = config.models or _default_table(declared)
         catalog = openai_image_models()
         models: dict[str, ModelRoute] = {}
@@ -111,8 +118,10 @@ class Registry:
                 differs = mc.capabilities is None and served is not None and served != caps
                 plugin_name, region = regions[iid]
                 own_caps = _with_extra_fields(served, mc.extra_fields) if differs and served is not None else None
+                lifecycle = declared_lifecycles[iid].get(model_id) or (
+                    catalog[model_id].lifecycle.get(plugin_name) if model_id in catalog else None)
                 targets.append(Target(f"{iid}:{model_id}", iid, plugin_name, region, model_id, providers[iid],
-                                      weight, own_caps))
+                                      weight, own_caps, lifecycle))
             caps = _with_extra_fields(caps, mc.extra_fields)
             bundled = catalog[model_id].price if model_id in catalog else None
             # The operator's price, the bundled one, or the one the first target's plugin declares.
@@ -123,26 +132,34 @@ class Registry:
             weighted = sum(t.weight is not None for t in targets) > 1
             tokens = catalog[model_id].tokens if model_id in catalog else None
             models[model_id] = ModelRoute(model_id, caps, tuple(targets), tuple(mc.fallbacks), price, source, weighted,
-                                          tokens)
+                                          tokens, mc.pinned)
         if problems:
             raise ConfigError(problems)
         return cls(config, providers, models)
 
     def resolve(self, model: str) -> ModelRoute:
-        """The route for a client's model id, or the error OpenAI-minded clients expect."""
+        """The route for a client's model id, or the error OpenAI-minded clients expect: the id
+        itself, an alias, or a bare id (``gpt-image-2``, as LiteLLM sends ``openai/gpt-image-2``)
+        that names exactly one configured ``owner/gpt-image-2`` (``bare_model_ids: resolve``)."""
         route = self.models.get(model)
         if route is not None:
             return route
         alias = self.aliases.get(model)
         if alias is not None and alias in self.models:
             return self.models[alias]
-        if "/" not in model:
-            suggestion = next((m for m in self.models if m.endswith("/" + model)), None)
-            if suggestion:
+        if model and "/" not in model:
+            owned = [m for m in self.models if m.partition("/")[2] == model]
+            if len(owned) == 1 and self.config.bare_model_ids == "resolve":
+                return self.models[owned[0]]
+            if len(owned) > 1 and self.config.bare_model_ids == "resolve":
                 raise InvalidRequest(
-                    f"Invalid model id '{model}': model ids take the form owner/model. "
-                    f"Use '{suggestion}' instead.", param="model", code="invalid_value")
-        raise model_not_found(model)
+                    f"The model '{model}' is ambiguous: it may be {_or(owned)}. Send the full owner/model id.",
+                    param="model", code="invalid_value")
+            if owned:
+                raise InvalidRequest(
+                    f"Invalid model id '{model}': model ids take the form owner/model. Use {_or(owned)} instead.",
+                    param="model", code="invalid_value")
+        raise model_does_not_exist(model)
 
     def secrets(self) -> list[str]:
         """Every configured provider credential (for the redactor)."""
@@ -154,6 +171,10 @@ class Registry:
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
+
+
+def _or(ids: list[str]) -> str:
+    return " or ".join(f"'{i}'" for i in ids)
 
 
 def _with_extra_fields(caps: Capabilities, extra_fields: list[str]) -> Capabilities:

@@ -9,7 +9,7 @@ backoff or its upstream retry-after allows. A target whose circuit is open is sk
 A failure is classified once, here (``_classify``): retryable failures (connection errors,
 timeouts, the configured statuses) are retried later; the gateway's own credential problems
 (401/403) and a model missing upstream (404) are not; other client errors (400, including
-``moderation_blocked``) end the request. README section ``routing`` has the whole policy.
+``moderation_blocked``) end the request. docs/routing.md has the whole policy.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iter
 import msgspec
 
 from gateway.api import Attempt, ImageRequest, UpstreamImagesResponse
+from gateway.bounded import MESSAGE_CHARS, NAME_CHARS, clip
 from gateway.breaker import CLOSED, HALF_OPEN, Breaker, State
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -31,6 +32,7 @@ from gateway.provider import Call, EditInputs, ImageResult, ProviderError, Strea
 from gateway.redact import Redactor
 from gateway.registry import Target
 from gateway.streaming import completed_events, iterate
+from gateway.tracing_context import CURRENT as TRACE
 from gateway.upstream import parse_upstream
 
 log = logging.getLogger("opengateway.router")
@@ -90,6 +92,8 @@ class TargetHealth(msgspec.Struct):
     #: Unix time at which an open circuit lets a probe through; None unless open.
     open_until: float | None
     retry_in_s: float
+    #: Seconds left of the upstream's last retry-after (a 429), during which the target is skipped.
+    rate_limited_for_s: float = 0.0
 
 
 class RouterTiming(NamedTuple):
@@ -102,6 +106,16 @@ class RouterTiming(NamedTuple):
 
 _Answer = tuple[ImageResult | None, UpstreamImagesResponse | None, StreamEvent | None,
                 AsyncIterator[StreamEvent] | None]
+
+
+def _plugin_failed(target: Target, exc: Exception) -> ProviderError:
+    """A plugin that raised something other than ProviderError (a bug, or an upstream answer it
+    could not read: a RecursionError on a deeply nested body): a failed attempt, logged with its
+    traceback for the plugin's author, never a 500 for the client. The call may have reached the
+    upstream (it may have answered 200 before the plugin broke), so it may have been billed."""
+    log.error("target %s: the %s plugin raised %s", target.id, target.plugin, type(exc).__name__, exc_info=exc)
+    return ProviderError(f"The {target.plugin} provider plugin failed ({type(exc).__name__}).", status=502,
+                         code="provider_error", retryable=True, ambiguous=True)
 
 
 async def _close(events: AsyncIterator[StreamEvent]) -> None:
@@ -128,7 +142,7 @@ def order_targets(targets: tuple[Target, ...], rng: random.Random) -> Sequence[T
 class _Walk:
     """One request's progress through its candidates."""
 
-    __slots__ = ("deadline", "attempts", "inputs", "errors", "retries", "soonest_open_s")
+    __slots__ = ("deadline", "attempts", "inputs", "errors", "retries", "soonest_open_s", "soonest_unlimited_s")
 
     def __init__(self, deadline: float, attempts: list[Attempt], inputs: EditInputs | None) -> None:
         self.deadline = deadline
@@ -139,6 +153,8 @@ class _Walk:
         self.retries: list[tuple[Candidate, float]] = []
         #: The shortest wait for a circuit that was open.
         self.soonest_open_s: float | None = None
+        #: The shortest wait for a target skipped while it is rate limited (its retry-after).
+        self.soonest_unlimited_s: float | None = None
 
 
 #: What a client is told when an upstream refused the gateway's own credentials: never the
@@ -204,6 +220,12 @@ class Router:
         if remaining_s <= 0:
             raise self._failure(walk, deadline_passed=True)
         breaker = self.breaker(target)
+        if breaker.rate_limited_until > clock():
+            wait_s = breaker.rate_limited_until - clock()
+            walk.soonest_unlimited_s = wait_s if walk.soonest_unlimited_s is None else min(walk.soonest_unlimited_s, wait_s)
+            walk.attempts.append(_attempt(target, "skipped", 0.0, code="rate_limited", message=(
+                f"The upstream asked for no requests for {wait_s:.3g} s more (its retry-after).")))
+            return None
         if not breaker.allow(clock()):
             wait_s = breaker.retry_in_s(clock())
             walk.soonest_open_s = wait_s if walk.soonest_open_s is None else min(walk.soonest_open_s, wait_s)
@@ -216,6 +238,9 @@ class Router:
         call = Call(target.model, min(self.config.attempt_timeout_s, remaining_s), candidate.extra_fields)
         if candidate.notes:
             call.notes = list(candidate.notes)
+        trace = TRACE.get()  # None unless tracing is on (gateway/tracing_context.py)
+        if trace is not None:  # this attempt's span id, sent upstream in its traceparent
+            trace.begin_attempt(len(walk.attempts))
         try:
             answer = await self._call(target, candidate.request or request, call, candidate.streams, walk.inputs)
         except ProviderError as exc:
@@ -239,7 +264,10 @@ class Router:
             if kind == _NEXT_SAFE:
                 breaker.released(probe)
                 return None
-            breaker.failed(now)
+            if exc.status == 429:  # working, and asking for time: not a failure (gateway/breaker.py)
+                breaker.rate_limited(probe, now + exc.retry_after_s if exc.retry_after_s is not None else None)
+            else:
+                breaker.failed(now)
             if kind == _RETRY and retry + 1 < self.config.max_attempts_per_target and breaker.state is CLOSED:
                 not_before = self._not_before(exc, retry, now)
                 if not_before is not None:
@@ -252,7 +280,7 @@ class Router:
             attempt.possibly_billed = True
             walk.attempts.append(attempt)
             raise
-        except BaseException:  # a plugin's bug
+        except BaseException:  # not an Exception (a plugin's failures are ProviderErrors by now: _call)
             breaker.released(probe)
             raise
         breaker.succeeded()
@@ -265,7 +293,11 @@ class Router:
     def _scrub(self, exc: ProviderError, target: Target) -> None:
         """Make an upstream's error text safe to show the client. A refused credential (401, 403)
         is the operator's business: its text goes to their log at WARNING, redacted, and the client
-        gets a fixed message naming the target."""
+        gets a fixed message naming the target. The upstream's text and code are bounded first
+        (gateway/bounded.py): they live on in the request's record."""
+        exc.message = clip(exc.message, MESSAGE_CHARS)
+        if exc.code is not None:
+            exc.code = clip(exc.code, NAME_CHARS)
         if exc.status in (401, 403) and exc.code != "moderation_blocked":
             log.warning("target %s: the upstream refused the gateway's credentials (HTTP %s, code %s): %s",
                         target.id, exc.status, exc.code, self.redact(exc.message))
@@ -310,6 +342,10 @@ class Router:
         except OSError as exc:  # a plugin that let a transport error through
             raise ProviderError(f"Could not reach the upstream: {type(exc).__name__}.",
                                 code="connection_error", retryable=True) from None
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise _plugin_failed(target, exc) from None
         parsed = parse_upstream(result.body)
         if not request.stream:
             return result, parsed, None, None
@@ -341,6 +377,10 @@ class Router:
                 except TimeoutError:
                     raise ProviderError(f"The upstream sent no event within {max(wait_s, 0):.3g} s.",
                                         code="timeout", timeout=True) from None
+                except ProviderError:
+                    raise
+                except Exception as exc:
+                    raise _plugin_failed(routed.target, exc) from None
                 yield event
         except ProviderError as exc:
             self._scrub(exc, routed.target)
@@ -377,6 +417,14 @@ class Router:
         blocked = next((e for e in errors if e.code == "moderation_blocked"), None)
         if blocked is not None:  # fallback_on_moderation: every other target failed too
             return _terminal(blocked, attempts)
+        limited_s = walk.soonest_unlimited_s
+        if limited_s is not None and all(e.status == 429 for e in errors):
+            # Rate limits are the reason (targets skipped for their retry-after, the others 429):
+            # the client is told so, with the soonest time any of them takes requests again.
+            waits = [limited_s] + [e.retry_after_s for e in errors if e.retry_after_s is not None]
+            message = errors[-1].message if errors else "Every target for this model is rate limited; no upstream was called."
+            return GatewayError(message, status=429, type="requests", code="rate_limit_exceeded",
+                                headers={"retry-after": str(max(1, math.ceil(min(waits))))}, extra=extra)
         if not errors and soonest_open_s is not None:
             return GatewayError("Every target for this model is unavailable (circuit open); "
                                 "no upstream was called.", status=503, code="all_targets_unavailable",
@@ -411,7 +459,7 @@ class Router:
             out.append(TargetHealth(target.id, target.plugin, target.region, target.model, breaker.state,
                                     breaker.consecutive_failures, breaker.trips,
                                     round(wall + retry_in_s, 3) if breaker.state == "open" else None,
-                                    round(retry_in_s, 3)))
+                                    round(retry_in_s, 3), round(max(0.0, breaker.rate_limited_until - now), 3)))
         return out
 
 

@@ -22,6 +22,7 @@ import msgspec
 from gateway.config import Config
 from gateway.cors import CorsPolicy
 from gateway.keyring import KeyRing
+from gateway.model_lifecycle import Today, default_today, notices
 from gateway.redact import Redactor
 from gateway.registry import Registry
 from gateway.router import Router, RouterTiming
@@ -37,6 +38,10 @@ PROCESS_SETTINGS: tuple[str, ...] = (
     "server.max_header_bytes", "server.max_headers", "server.access_log",
     "limits.backend", "limits.key_prefix", "limits.socket_timeout_s", "limits.max_connections",
     "log.destination",
+    # The span exporter and the sampler are made once (gateway/tracing.py); the tracing link is in
+    # the middleware chain only when tracing was on at start-up.
+    "tracing.enabled", "tracing.endpoint", "tracing.service_name", "tracing.headers", "tracing.sample_ratio",
+    "tracing.batch_delay_s", "tracing.export_timeout_s",
 )
 
 
@@ -45,15 +50,18 @@ class Resources(NamedTuple):
 
     http: UpstreamHTTP
     timing: RouterTiming = RouterTiming()
+    #: The day the lifecycle checks take as today (gateway/model_lifecycle.py).
+    today: Today = default_today
 
 
 class Runtime:
     """Everything one configuration makes of the gateway. Built once, never changed."""
 
-    __slots__ = ("config", "keys", "admins", "registry", "router", "redactor", "cors", "generation")
+    __slots__ = ("config", "keys", "admins", "registry", "router", "redactor", "cors", "generation", "today")
 
     def __init__(self, config: Config, keys: KeyRing, admins: KeyRing, registry: Registry, router: Router,
-                 redactor: Redactor, cors: CorsPolicy | None, generation: int) -> None:
+                 redactor: Redactor, cors: CorsPolicy | None, generation: int, today: Today = default_today
+                 ) -> None:
         self.config = config
         #: The gateway keys (``keys``) and the admin keys (``admin_keys``).
         self.keys = keys
@@ -65,13 +73,17 @@ class Runtime:
         self.cors = cors
         #: 1 for the configuration the process started with, +1 per reload.
         self.generation = generation
+        #: The process's clock of days (the same for every runtime it builds).
+        self.today = today
 
 
 def build_runtime(config: Config, resources: Resources, previous: Runtime | None = None,
-                  generation: int | None = None) -> Runtime:
+                  generation: int | None = None, log_notices: bool = True) -> Runtime:
     """The Runtime of ``config``; ConfigError listing every problem (plugins and their settings
     included). ``previous``: the runtime it replaces, whose circuit breakers carry over when the
-    breaker settings are unchanged (a reload that rotates a key does not reset them)."""
+    breaker settings are unchanged (a reload that rotates a key does not reset them).
+    ``log_notices``: log configured models past or near their shutdown (``check-config`` prints
+    them itself)."""
     registry = Registry.build(config, resources.http)
     keys, admins = KeyRing(config.keys), KeyRing(config.admin_keys)
     redactor = Redactor(registry.secrets(), keys.digests | admins.digests)
@@ -85,9 +97,12 @@ def build_runtime(config: Config, resources: Resources, previous: Runtime | None
         log.warning("cors.allow_origins has '*': any web page may call the gateway from a browser with a key "
                     "its user types in (keys in browsers are the user's: give such pages per-user keys with "
                     "limits, never a shared one)")
+    if log_notices:
+        for notice in notices(registry, resources.today()):
+            log.warning("%s", notice)
     if generation is None:
         generation = 1 if previous is None else previous.generation + 1
-    return Runtime(config, keys, admins, registry, router, redactor, cors, generation)
+    return Runtime(config, keys, admins, registry, router, redactor, cors, generation, resources.today)
 
 
 class RuntimeRef:

@@ -103,8 +103,11 @@ async def serve(config: Config, listeners: Listeners, *,
     # closed at once (web_server.Server.pre_shutdown) and busy ones close after their response.
     # HalfCloseAppRunner: a client that shuts down its write side after its request still gets
     # the answer (gateway/half_close.py); one that closed its socket is still cancelled.
+    # auto_decompress=False: aiohttp's parser would inflate a compressed request body as it
+    # arrives, before any middleware could refuse it (a 1 MB gzip body is a gigabyte of CPU work
+    # on the event loop, key or not); the body link refuses such bodies with 415 instead.
     runner = HalfCloseAppRunner(app, access_log=None, shutdown_timeout=config.server.drain_timeout_s,
-                                handle_signals=False, handler_cancellation=True)
+                                handle_signals=False, handler_cancellation=True, auto_decompress=False)
     await runner.setup()
     if listeners.admin is not None:
         # Known before the first request can be accepted, so admin routes are never served by mistake.

@@ -15,6 +15,7 @@ from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 from gateway.http_client import BodyStream, HTTPClient, Payload, ResponseTooLarge, UpstreamProtocolError, was_sent
 from gateway.provider_error import ProviderError
 from gateway.sse import sse_events
+from gateway.tracing_context import CURRENT
 
 _NO_HEADERS: Mapping[str, str] = {}
 
@@ -100,6 +101,42 @@ class UpstreamHTTP:
             yield StreamingAnswer(status, answer_headers, body_stream, upstream)
         finally:
             body_stream.close()
+
+
+class TracedUpstreamHTTP(UpstreamHTTP):
+    """The same interface, made instead of ``UpstreamHTTP`` when tracing is on (gateway/app.py):
+    every call of an upstream attempt carries that attempt's ``traceparent`` (and the client's
+    ``tracestate``), whatever the plugin. With tracing off the gateway makes the plain class, so
+    its calls pay nothing for this."""
+
+    async def request(self, method: str, url: str, *, upstream: str, timeout_s: float | None,
+                      headers: Mapping[str, str] = _NO_HEADERS, body: bytes | Payload = b"",
+                      params: Mapping[str, str] | None = None) -> Answer:
+        return await super().request(method, url, upstream=upstream, timeout_s=timeout_s,
+                                     headers=_traced(url, headers), body=body, params=params)
+
+    async def post_json(self, url: str, body: bytes, headers: Mapping[str, str], *, upstream: str,
+                        timeout_s: float | None, params: Mapping[str, str] | None = None) -> Answer:
+        return await super().post_json(url, body, _traced(url, headers), upstream=upstream, timeout_s=timeout_s,
+                                       params=params)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, url: str, *, upstream: str, timeout_s: float | None,
+                     headers: Mapping[str, str] = _NO_HEADERS, body: bytes | Payload = b"",
+                     params: Mapping[str, str] | None = None) -> AsyncIterator[StreamingAnswer]:
+        async with super().stream(method, url, upstream=upstream, timeout_s=timeout_s,
+                                  headers=_traced(url, headers), body=body, params=params) as answer:
+            yield answer
+
+
+def _traced(url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` plus the current attempt's trace headers (none outside an attempt)."""
+    trace = CURRENT.get()
+    attempt = trace.attempt if trace is not None else None
+    if attempt is None:
+        return headers
+    attempt.called(url)
+    return {**headers, **attempt.headers}
 
 
 class StreamingAnswer:

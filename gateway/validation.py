@@ -22,7 +22,25 @@ from gateway.errors import InvalidRequest
 from gateway.uploads import EditInputs
 
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-                    int: "an integer", float: "a number", type(None): "null"}
+                    int: "an integer", float: "a decimal number", type(None): "null"}
+
+#: The order OpenAI lists an enum's values in its messages (not the request schema's order);
+#: values it does not list (another provider's) follow, before a trailing ``auto``.
+_OPENAI_ORDER: dict[str, tuple[str, ...]] = {
+    "quality": ("low", "medium", "high", "xhigh", "max", "auto"),
+    "size": ("1024x1024", "1024x1536", "1536x1024", "auto"),
+    "output_format": ("png", "webp", "jpeg"),
+    "background": ("transparent", "opaque", "auto"),
+    "moderation": ("auto", "low"),
+}
+#: What a value of the wrong type in an enum field is told it should have been (GPT Image's values,
+#: whatever the model: the type is checked before the model is known).
+_TYPE_ENUMS: dict[str, tuple[str, ...]] = {
+    "quality": ("low", "medium", "high", "auto"),
+    "background": ("transparent", "opaque", "auto"),
+    "output_format": ("png", "webp", "jpeg"),
+    "moderation": ("auto", "low"),
+}
 
 _decoder = msgspec.json.Decoder(ImageRequest)
 
@@ -37,6 +55,8 @@ def decode_request(body: bytes) -> tuple[ImageRequest, dict[str, Any]]:
         return _slow_path(body, exc)
     except msgspec.DecodeError:
         raise _invalid_json() from None
+    except RecursionError:  # msgspec recurses per nesting level, up to the interpreter's limit
+        raise _too_deep() from None
 
 
 def _invalid_json() -> InvalidRequest:
@@ -47,11 +67,18 @@ def _invalid_json() -> InvalidRequest:
     )
 
 
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest("We could not parse the JSON body of your request: it is nested too deeply.",
+                          code="invalid_json")
+
+
 def _slow_path(body: bytes, exc: msgspec.ValidationError) -> tuple[ImageRequest, dict[str, Any]]:
     try:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError:  # the typed decoder can fail on a type before it sees bad syntax
         raise _invalid_json() from None
+    except RecursionError:
+        raise _too_deep() from None
     return _from_value(value, str(exc))
 
 
@@ -188,6 +215,10 @@ def _check_value(value: Any, t: mi.Type, param: str) -> InvalidRequest | None:
                 f"but got {value} instead.", param=param, code="invalid_value")
     elif isinstance(expected, mi.StrType):
         if not isinstance(value, str):
+            enum = _TYPE_ENUMS.get(param)
+            if enum is not None:  # OpenAI: "expected one of 'low', 'medium', 'high', or 'auto', but got ..."
+                return _wrong_type(param, "one of " + ", ".join(f"'{v}'" for v in enum[:-1]) +
+                                   ("," if len(enum) > 2 else "") + f" or '{enum[-1]}'", value)
             return _wrong_type(param, "a string", value)
         if expected.max_length is not None and len(value) > expected.max_length:
             return InvalidRequest(
@@ -221,8 +252,20 @@ def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
         param=param, code="invalid_type")
 
 
+def _openai_order(param: str, allowed: tuple[str, ...]) -> list[str]:
+    order = _OPENAI_ORDER.get(param)
+    if order is None:
+        return list(allowed)
+    known = [v for v in order if v in allowed and v != "auto"]
+    others = [v for v in allowed if v not in order]
+    last = ["auto"] if "auto" in allowed else []
+    if order[0] == "auto":  # moderation: 'auto' and 'low'
+        return last + known + others
+    return known + others + last
+
+
 def _supported(param: str, value: object, allowed: tuple[str, ...]) -> InvalidRequest:
-    quoted = [f"'{a}'" for a in allowed]
+    quoted = [f"'{a}'" for a in _openai_order(param, allowed)]
     if len(quoted) <= 2:  # OpenAI: "'low' and 'auto'"; three or more take a serial comma
         listing = " and ".join(quoted)
     else:
@@ -332,17 +375,30 @@ def _or(values: tuple[str, ...]) -> str:
     return " or ".join(f"'{v}'" for v in values)
 
 
+#: How OpenAI words a size gpt-image-2's rule refuses (type ``image_generation_user_error``). The
+#: edge, aspect and upper pixel messages are the gateway's: OpenAI's have not been published.
+_SIZE_RULE_WORDING = {
+    "multiple_of": "Invalid size '{size}'. Width and height must both be divisible by {rule.multiple_of}.",
+    "max_edge": "Invalid size '{size}'. Width and height must each be at most {rule.max_edge} pixels.",
+    "max_aspect": "Invalid size '{size}'. The aspect ratio must be between 1:{rule.max_aspect:g} and "
+                  "{rule.max_aspect:g}:1.",
+    "min_pixels": "Requested resolution is below the current minimum pixel budget.",
+    "max_pixels": "Requested resolution is above the current maximum pixel budget.",
+}
+
+
+def _size_error(message: str) -> InvalidRequest:
+    return InvalidRequest(message, param="size", code="invalid_value", type="image_generation_user_error")
+
+
 def _flexible_size_problem(size: str, caps: Capabilities) -> InvalidRequest | None:
     rule = caps.flexible_sizes
     if rule is None:
         return _supported("size", size, caps.sizes)
     width, sep, height = size.partition("x")
     if not (sep and width.isdigit() and height.isdigit() and width[0] != "0" and height[0] != "0"):
-        return InvalidRequest(
-            f"Invalid value: '{size}'. Supported values are 'auto' or WIDTHxHEIGHT, e.g. '1024x1024'.",
-            param="size", code="invalid_value")
-    why = rule.explain(int(width), int(height))
-    if why:
-        return InvalidRequest(f"Invalid value: '{size}'. For this model {why}.",
-                              param="size", code="invalid_value")
+        return _size_error(f"Invalid size '{size}'. Expected WIDTHxHEIGHT, for example '1824x1024'.")
+    broken = rule.broken(int(width), int(height))
+    if broken:
+        return _size_error(_SIZE_RULE_WORDING[broken].format(size=size, rule=rule))
     return None

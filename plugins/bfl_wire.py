@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import msgspec
 
-from gateway.provider import ProviderError, retry_after_s
+from gateway.provider import ProviderError, answered, retry_after_s, scrub, status_error
 
 #: A task the model finished: ``result.sample`` is the signed URL of the image.
 READY = "Ready"
@@ -116,27 +116,12 @@ def bfl_error(status: int, raw: bytes, headers: Mapping[str, str], secrets: tupl
         said = "; ".join(d.msg for d in body.detail if d.msg)
     else:
         said = body.message or body.detail or body.error or ""
-    if not said:
-        snippet = raw[:200].decode("utf-8", "replace").strip()
-        said = f"BFL answered HTTP {status}" + (f": {snippet}" if snippet else ".")
-    for secret in secrets:
-        if secret:
-            said = said.replace(secret, "[redacted]")
-    if status == 401:
-        return ProviderError(said, status=401, type="invalid_request_error", code="invalid_api_key")
+    said = scrub(said or answered("BFL", status, raw), secrets)
     if status == 402:
         return ProviderError(f"BFL: insufficient credits (HTTP 402): {said}", status=403,
                              type="invalid_request_error", code="insufficient_credits")
-    if status == 403:
-        return ProviderError(said, status=403, type="invalid_request_error", code="permission_denied")
-    if status == 404:
-        return ProviderError(said, status=404, type="invalid_request_error", code="model_not_found")
-    if status == 429:
-        wait = retry_after_s(headers)
-        if wait is None and body.retry_after is not None and 0 <= body.retry_after < 86_400:
-            wait = body.retry_after
-        return ProviderError(said, status=429, type="requests", code="rate_limit_exceeded", retry_after_s=wait)
-    if status >= 500:
-        return ProviderError(said, status=status, type="server_error", retry_after_s=retry_after_s(headers))
+    if status == 429 and retry_after_s(headers) is None and body.retry_after is not None \
+            and 0 <= body.retry_after < 86_400:  # the body's own retry_after, when no header says
+        return status_error(429, said, headers, retry_after=body.retry_after)
     # 400 and 422 (FastAPI's validation error): the request, as mapped, was refused.
-    return ProviderError(said, status=400, type="invalid_request_error", code="invalid_value")
+    return status_error(status, said, headers)

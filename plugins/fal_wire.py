@@ -14,7 +14,7 @@ from typing import Mapping
 
 import msgspec
 
-from gateway.provider import ProviderError, retry_after_s
+from gateway.provider import ProviderError, answered, scrub, status_error
 
 
 class FalImage(msgspec.Struct):
@@ -64,26 +64,15 @@ def fal_error(status: int, raw: bytes, headers: Mapping[str, str], secrets: tupl
         body = _ErrorBody()
     items = body.detail if isinstance(body.detail, list) else []
     said = "; ".join(d.msg for d in items if d.msg) if items else (body.detail if isinstance(body.detail, str) else "")
-    if not said:
-        snippet = raw[:200].decode("utf-8", "replace").strip()
-        said = f"fal answered HTTP {status}" + (f": {snippet}" if snippet else ".")
-    for secret in secrets:
-        if secret:
-            said = said.replace(secret, "[redacted]")
+    said = scrub(said or answered("fal", status, raw), secrets)
     if any(d.type == "content_policy_violation" for d in items):
         return blocked(f"fal's content checker flagged the request: {said}")
-    if status in (401, 403):
-        return ProviderError(said, status=401, type="invalid_request_error", code="invalid_api_key")
-    if status == 404:
-        return ProviderError(said, status=404, type="invalid_request_error", code="model_not_found")
-    if status == 429:
-        return ProviderError(said, status=429, type="requests", code="rate_limit_exceeded",
-                             retry_after_s=retry_after_s(headers))
+    if status == 403:  # a key without the scope: refused like a wrong key
+        status = 401
     if status >= 500:
         # fal's X-Fal-Retryable says whether the same call may succeed; "false" is not made final
         # here (that would stop the router trying another target too).
         retryable = True if headers.get("x-fal-retryable", "").lower() == "true" else None
         kind = f" ({body.error_type})" if body.error_type else ""
-        return ProviderError(said + kind, status=status, type="server_error", retryable=retryable,
-                             retry_after_s=retry_after_s(headers))
-    return ProviderError(said, status=400, type="invalid_request_error", code="invalid_value")
+        return status_error(status, said + kind, headers, retryable=retryable)
+    return status_error(status, said, headers)

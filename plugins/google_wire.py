@@ -15,8 +15,8 @@ from typing import Mapping
 
 import msgspec
 
-from gateway.api import InputTokensDetails, OutputTokensDetails, Usage
-from gateway.provider import Batch, GeneratedImage, ProviderError, retry_after_s
+from gateway.provider import (Batch, GeneratedImage, InputTokensDetails, OutputTokensDetails, ProviderError, Usage,
+                              answered, scrub, status_error)
 
 #: Finish reasons that mean the model would not make the image: a safety (or policy) refusal.
 REFUSAL_FINISH_REASONS = frozenset({"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
@@ -190,23 +190,13 @@ def google_error(status: int, raw: bytes, headers: Mapping[str, str], secrets: t
     except msgspec.DecodeError:
         err = None
     if err is None:
-        snippet = raw[:200].decode("utf-8", "replace").strip()
-        err = _ErrorObject(message=f"Google answered HTTP {status}" + (f": {snippet}" if snippet else "."))
+        err = _ErrorObject(message=answered("Google", status, raw))
     message = err.message or f"Google answered HTTP {status} ({err.status or 'no status'})."
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "[redacted]")
+    message = scrub(message, secrets)
     reasons = {d.reason for d in err.details if d.reason}
-    if "API_KEY_INVALID" in reasons or status == 401 or err.status == "UNAUTHENTICATED":
-        return ProviderError(message, status=401, type="invalid_request_error", code="invalid_api_key")
-    if status == 403 or err.status in ("PERMISSION_DENIED", "FAILED_PRECONDITION"):
-        return ProviderError(message, status=403, type="invalid_request_error", code="permission_denied")
-    if status == 404:
-        return ProviderError(message, status=404, type="invalid_request_error", code="model_not_found")
-    if status == 429:
-        delay = next((float(m[1]) for d in err.details if d.retry_delay and (m := _DELAY.match(d.retry_delay))), None)
-        return ProviderError(message, status=429, type="requests", code="rate_limit_exceeded",
-                             retry_after_s=delay if delay is not None else retry_after_s(headers))
-    if status >= 500:
-        return ProviderError(message, status=status, type="server_error", retry_after_s=retry_after_s(headers))
-    return ProviderError(message, status=status, type="invalid_request_error", code="invalid_value")
+    if "API_KEY_INVALID" in reasons or err.status == "UNAUTHENTICATED":
+        status = 401
+    elif err.status in ("PERMISSION_DENIED", "FAILED_PRECONDITION"):
+        status = 403
+    delay = next((float(m[1]) for d in err.details if d.retry_delay and (m := _DELAY.match(d.retry_delay))), None)
+    return status_error(status, message, headers, retry_after=delay)

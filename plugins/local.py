@@ -75,7 +75,9 @@ class LocalProvider(Provider):
     def models(self) -> Sequence[Model]:
         catalog = openai_image_models()
         ids = list(catalog) if self.settings.models is None else self.settings.models
-        return [Model(i, catalog[i].capabilities if i in catalog else Capabilities()) for i in ids]
+        # OpenAI's lifecycle: a demo on this provider behaves as OpenAI would (a shut-down model 404s).
+        return [Model(i, catalog[i].capabilities, lifecycle=catalog[i].lifecycle.get("openai")) if i in catalog
+                else Model(i, Capabilities()) for i in ids]
 
     async def generate(self, request: ImageRequest, call: Call) -> ImageResult:
         job = _Job.of(request, call)

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import msgspec
 
-from gateway.provider import Batch, GeneratedImage, ProviderError, image_format, retry_after_s
+from gateway.provider import Batch, GeneratedImage, ProviderError, image_format, scrub, status_error
 
 UPSTREAM = "Stability AI"
 #: Error names that are Stability's safety decisions, whatever their status.
@@ -85,20 +85,11 @@ def stability_error(status: int, raw: bytes, headers: Mapping[str, str], secret:
     said = "; ".join(e for e in err.errors if e) or err.message or raw[:200].decode("utf-8", "replace").strip()
     name = err.name or ""
     message = f"{UPSTREAM} answered HTTP {status}" + (f" ({name})" if name else "") + (f": {said}" if said else ".")
-    if secret:
-        message = message.replace(secret, "[redacted]")
+    message = scrub(message, (secret,))
     if name in REFUSALS and status in (403, 422):
         return blocked(message)
-    if status == 401:
-        return ProviderError(message, status=401, type="invalid_request_error", code="invalid_api_key")
-    if status == 403:
-        return ProviderError(message, status=403, type="invalid_request_error", code="permission_denied")
-    if status == 429:
-        return ProviderError(message, status=429, type="requests", code="rate_limit_exceeded",
-                             retry_after_s=retry_after_s(headers))
-    if status >= 500:
-        return ProviderError(message, status=status, type="server_error", retryable=True,
-                             retry_after_s=retry_after_s(headers))
+    if status in (401, 403, 429) or status >= 500:
+        return status_error(status, message, headers, retryable=True if status >= 500 else None)
     # 400, 413 and 422 are the request's; another 4xx keeps its status for the router to judge.
     return ProviderError(message, status=400 if status in (400, 413, 422) else status, type="invalid_request_error",
                          code=name if _CODE.match(name) else "invalid_value")

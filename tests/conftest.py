@@ -16,9 +16,16 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import Config, key_hash, parse_config
+from gateway.model_lifecycle import TODAY_ENV
 from gateway.router import RouterTiming
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer, require_redis_server
+
+#: The suite's "today" (gateway/model_lifecycle.py): a fixed day before any bundled model's
+#: shutdown, so a test that uses gpt-image-1 only as *a* model means the same whatever day it runs.
+#: The lifecycle tests hand in their own dates; gateway processes the tests start inherit this one.
+SUITE_TODAY = "2026-09-01"
+os.environ[TODAY_ENV] = SUITE_TODAY
 
 # Unique markers: a test scans outputs for them to prove no key leaks.
 GATEWAY_KEY = "og-test-gateway-key-7f3a9c1e5b"
@@ -304,3 +311,24 @@ async def served_port(upstream: FakeUpstream) -> AsyncIterator[int]:
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         listeners.close()
+
+
+def vendor_config_yaml(plugin: str, region: str, settings: Callable[[int], str], instances: int = 1,
+                       models: str = "", router: str = "max_attempts_per_target: 1") -> str:
+    """A gateway config with ``instances`` instances of one provider plugin (ids ``<plugin>-0``,
+    ``-1``, ...), each with ``settings(i)`` as its settings lines (six spaces in), the test key
+    and ``router`` settings: the provider tests' common setup."""
+    providers = "".join(f"""
+  - id: {plugin}-{i}
+    plugin: {plugin}
+    region: {region}
+    settings:
+{settings(i)}""" for i in range(instances))
+    return f"""
+keys:
+  - name: test
+    hash: "{key_hash(GATEWAY_KEY)}"
+providers:{providers}
+router: {{{router}}}
+{models}
+"""

@@ -1,6 +1,6 @@
 """Authorization and analytics-header edge cases: each is accepted or refused as documented,
 never a 500. Malformed HTTP is refused by aiohttp's parser before any middleware runs (plain
-text 400, README section reliability); raw sockets show which."""
+text 400, docs/security.md); raw sockets show which."""
 
 from __future__ import annotations
 

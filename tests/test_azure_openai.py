@@ -74,7 +74,7 @@ async def test_bearer_token_from_the_environment(make_gw: Callable[..., Any], up
 async def test_model_without_deployment_is_not_served(make_gw: Callable[..., Any], upstream: Any) -> None:
     gw = await make_gw()
     status, body = await generate(gw, model="openai/gpt-image-2")
-    assert (status, body["error"]["code"]) == (404, "model_not_found")
+    assert (status, body["error"]["code"]) == (400, "invalid_value")  # "does not exist", as OpenAI says it
     models = await (await gw.get("/v1/models", headers=AUTH)).json()
     assert [m["id"] for m in models["data"]] == ["openai/gpt-image-1"]
     assert upstream.received == []

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.model_lifecycle import TODAY_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -31,9 +33,11 @@ pytestmark = pytest.mark.skipif(
 
 def test_bench_quick_prints_every_scenario(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
+    # On the real date, not the suite's fixed one (tests/conftest.py): the bench must run today.
+    env = {k: v for k, v in os.environ.items() if k != TODAY_ENV}
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json", str(out_json)],
-        cwd=REPO, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        cwd=REPO, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL, env=env,
     )
     report = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, report

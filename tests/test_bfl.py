@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import ConfigError, key_hash, parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.http_client import HTTPClient
 from gateway.provider import Call, ImageRequest, ProviderError
 from gateway.registry import Registry
@@ -33,7 +33,7 @@ from gateway.router import CREDENTIALS_REJECTED
 from gateway.testing import FakeUpstream, ProviderContract, bytes_reply, hang, json_reply
 from gateway.upstream_http import UpstreamHTTP
 from tests import fake_bfl as b
-from tests.conftest import AUTH, GATEWAY_KEY
+from tests.conftest import AUTH, GATEWAY_KEY, vendor_config_yaml
 
 PROMPT = "A lighthouse on a cliff at dusk"
 PRO2 = "bfl/flux-2-pro"
@@ -47,23 +47,10 @@ FAST_POLLS = "      poll_interval_s: 0.02\n      max_poll_interval_s: 0.1\n"
 
 def config_yaml(fake: FakeUpstream, models: str = "", instances: int = 1, settings: str = "",
                 router: str = "max_attempts_per_target: 1", domains: str = '["127.0.0.1"]') -> str:
-    providers = "".join(f"""
-  - id: bfl-{i}
-    plugin: bfl
-    region: eu
-    settings:
-      api_key: "{b.API_KEY}"
+    return vendor_config_yaml("bfl", "eu", lambda i: f"""      api_key: "{b.API_KEY}"
       base_url: "{fake.url('')}"
       extra_domains: {domains}
-{FAST_POLLS}{settings}""" for i in range(instances))
-    return f"""
-keys:
-  - name: test
-    hash: "{key_hash(GATEWAY_KEY)}"
-providers:{providers}
-router: {{{router}}}
-{models}
-"""
+{FAST_POLLS}{settings}""", instances, models, router)
 
 
 TWO_TARGETS = f"""
@@ -446,13 +433,12 @@ class TestBFLContract(ProviderContract):
         return True
 
 
-def test_the_readme_documents_every_setting_and_model() -> None:
+def test_the_docs_document_every_setting_and_model() -> None:
     from pathlib import Path
 
     from plugins.bfl import BFLSettings, catalog
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Built-in: `bfl`")[1].split("### ")[0]
+    section = (Path(__file__).resolve().parent.parent / "docs/providers/bfl.md").read_text()
     for name in BFLSettings.__struct_fields__:
         assert f"{name}:" in section, name
     for model in catalog():

@@ -81,8 +81,8 @@ bogus: 1
         f"{path}:line 12: $.server.port: environment variable OG_TEST_UNSET_PORT is not set",
         f"{path}:line 13: $.cors.allow_origins[0]: write it as browsers send it: 'https://app.example.com' "
         "(lower case, no path, no default port)",
-        f"{path}:line 14: $.bogus: unknown section (expected one of: server, providers, models, aliases, keys, "
-        "router, admin_keys, limits, idempotency, metrics, dashboard, log, cors)",
+        f"{path}:line 14: $.bogus: unknown section (expected one of: server, providers, models, aliases, "
+        "bare_model_ids, keys, router, admin_keys, limits, idempotency, metrics, dashboard, log, cors, tracing)",
         f"{path}: 7 problem(s)"], result.stderr
     # Each unset variable is reported once: not again as the empty key the plugin refuses, nor as
     # the empty port that is not a number.

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests import fake_upstream as fu
@@ -234,3 +236,41 @@ async def test_half_closed_clients_of_the_real_process(tmp_path: Any, fake: fu.F
         release.set()
     finally:
         await gateway.close()
+
+
+@pytest.mark.parametrize("key", [None, GATEWAY_KEY], ids=["no key", "valid key"])
+async def test_a_compressed_body_is_refused_before_any_inflating(port: int, key: str | None) -> None:
+    """About 1 MB of gzip that inflates to 1 GiB: aiohttp's parser would inflate it as it arrives
+    (about 2 s of event-loop CPU, whatever the answer), so the server runs with
+    ``auto_decompress=False`` and the body link refuses compressed bodies: 401 without a key, 415
+    with one, the body never inflated (the loop-stall guard of this module watches the loop)."""
+    bomb = fu.compression_bomb(1 << 30)
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (f"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n").encode()
+    cpu_before = time.process_time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + bomb)
+        answer = await asyncio.wait_for(reader.readuntil(b"}}"), 30)
+    finally:
+        writer.close()
+    cpu_s = time.process_time() - cpu_before
+    body = msgspec.json.decode(answer[answer.index(b"\r\n\r\n") + 4:])
+    if key is None:
+        assert status_of(answer) == 401
+    else:
+        assert status_of(answer) == 415 and body["error"]["code"] == "unsupported_content_encoding"
+        assert b"accept-encoding: identity" in answer.lower()
+    assert cpu_s < 0.5, f"{cpu_s:.2f} s of CPU for one compressed request"  # inflating it: ~2 s
+    assert status_of(await exchange(port, request_bytes())) == 200  # and the server serves on
+
+
+async def test_a_deeply_nested_body_is_a_400(port: int) -> None:
+    """2 KB nested 1,000 levels deep in ``extra``: msgspec gives up with RecursionError, which
+    the validator answers as invalid JSON, never a 500 with a traceback."""
+    nested = b'{"model": "openai/gpt-image-1", "prompt": "a cube", "extra": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    answer = await exchange(port, request_bytes(nested))
+    body = msgspec.json.decode(answer[answer.index(b"\r\n\r\n") + 4:])
+    assert status_of(answer) == 400 and body["error"]["code"] == "invalid_json"
+    assert "nested too deeply" in body["error"]["message"]

@@ -86,7 +86,12 @@ def test_env_mode_local_without_openai_key() -> None:
     assert env.upstream == "local" and env.generated_key is not None
     assert env.config.providers[0].plugin == "local"
     assert env.config.keys[0].hash == key_hash(env.generated_key)
-    assert "openai/gpt-image-2" in env.config.models
+    # No models: section: the local provider's declared models (the bundled catalogue) are routed.
+    assert env.config.models == {}
+    from gateway.http_client import HTTPClient
+    from gateway.runtime import Resources, build_runtime
+    from gateway.upstream_http import UpstreamHTTP
+    assert "openai/gpt-image-2" in build_runtime(env.config, Resources(UpstreamHTTP(HTTPClient()))).registry.models
 
 
 def test_env_mode_openai_with_key_and_base_url() -> None:

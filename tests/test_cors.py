@@ -102,11 +102,11 @@ async def test_actual_answers_carry_cors_headers_errors_included(make_client: Ca
     for name in ("x-request-id", "x-ratelimit-remaining-requests", "x-ratelimit-reset-images", "retry-after"):
         assert name in exposed
     assert "Access-Control-Allow-Methods" not in resp.headers  # preflight-only headers stay there
-    # A 401 (no key), a 404 (unknown model) and a 405: the page can read each.
+    # A 401 (no key), a 400 (unknown model) and a 405: the page can read each.
     for resp in (await client.post(ROUTE, json=BODY, headers={"Origin": PAGE}),
                  await client.post(ROUTE, json={**BODY, "model": "nobody/none"}, headers={**AUTH, "Origin": PAGE}),
                  await client.delete(ROUTE, headers={**AUTH, "Origin": PAGE})):
-        assert resp.status in (401, 404, 405)
+        assert resp.status in (400, 401, 405)
         assert resp.headers["Access-Control-Allow-Origin"] == PAGE, resp.status
         assert "x-request-id" in listed(resp.headers["Access-Control-Expose-Headers"])
         assert (await resp.json())["error"]["code"]

@@ -11,7 +11,7 @@ tests/fake_bfl.py, tests/fake_stability.py, tests/fake_fal.py. OpenAI's own answ
 ``image_generation_user_error`` / ``moderation_blocked`` — https://platform.openai.com/docs/guides/error-codes
 and the project's contract notes (/work/shared/docs/openai-images-contract.md, "Error body").
 
-How the walk goes (README "Routing and fallbacks"): the model asked, then each of *its* fallback
+How the walk goes (docs/routing.md): the model asked, then each of *its* fallback
 models (the request's ``extra.fallbacks``, else the model's configured ``fallbacks``; a fallback's
 own fallbacks are not followed), so each model below lists every vendor after it. The first pass
 tries each target once; a failure moves on at once; a retryable one (429, 5xx, a malformed answer)
@@ -531,7 +531,7 @@ async def test_a_rate_limited_vendor_is_tried_again_after_its_retry_after(run: R
 async def test_when_every_vendor_is_rate_limited_the_client_gets_one_429(run: Run, gateway: Gateway,
                                                                          vendors: Vendors) -> None:
     """Each vendor's wait as it says it (Stability names none); the client is told the shortest
-    (README "What the client sees"), so the SDK raises RateLimitError and waits that long."""
+    (docs/routing.md, "What the client sees"), so the SDK raises RateLimitError and waits that long."""
     waits = {"openai": 7, "google": 3, "bfl": 5, "stability": 1, "fal": 4}  # stability: sends none whatever
     for name in NAMES:
         vendors.always(name, vendors.failure(name, "rate_limit", wait_s=waits[name]))

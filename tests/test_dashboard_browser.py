@@ -39,7 +39,7 @@ async def test_dashboard_in_chromium(upstream: Any, make_client: Any, browser: D
     for _ in range(3):
         resp = await client.post(route, headers=hostile, json={"model": "openai/gpt-image-1", "prompt": "x"})
         assert resp.status == 200
-    assert (await client.post(route, headers=hostile, json={"model": XSS_MODEL, "prompt": "x"})).status == 404
+    assert (await client.post(route, headers=hostile, json={"model": XSS_MODEL, "prompt": "x"})).status == 400
 
     target = await browser.send("Target.createTarget", {"url": "about:blank"})
     session = (await browser.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}))["sessionId"]

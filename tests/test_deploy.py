@@ -469,7 +469,7 @@ def test_pods_run_confined_with_memory_for_the_per_request_bound() -> None:
 
 def test_the_image_pins_every_python_package() -> None:
     """PIP_CONSTRAINT holds the build to deploy/constraints.txt, which pins every runtime
-    dependency of ``.[redis]`` (transitive ones included) at a version setup.cfg accepts."""
+    dependency of ``.[redis,otel]`` (transitive ones included) at a version setup.cfg accepts."""
     from importlib.metadata import distribution
 
     from packaging.requirements import Requirement
@@ -500,8 +500,8 @@ def test_the_image_pins_every_python_package() -> None:
             if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras | {""}):
                 closure(dep, set(dep.extras), seen)
     seen: set[str] = set()
-    closure(Requirement("opengateway[redis]"), {"redis"}, seen)
-    assert {"aiohttp", "msgspec", "redis", "uvloop", "multidict", "yarl"} <= seen
+    closure(Requirement("opengateway[redis,otel]"), {"redis", "otel"}, seen)
+    assert {"aiohttp", "msgspec", "redis", "uvloop", "multidict", "yarl", "opentelemetry-sdk"} <= seen
     build = load_toml_build_requires()
     assert {canonicalize_name(Requirement(r).name) for r in build} <= set(pins)
 
@@ -515,7 +515,7 @@ def load_toml_build_requires() -> list[str]:
 def test_every_keys_create_example_is_a_valid_command() -> None:
     """``opengateway keys create NAME`` fails (--name is required): every example must parse."""
     found = 0
-    for path in [*DEPLOY.rglob("*"), ROOT / "README.md"]:
+    for path in [*DEPLOY.rglob("*"), ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
         if not path.is_file() or path.suffix in (".json",):
             continue
         for match in re.finditer(r"opengateway (keys create [^`\n]+)`", path.read_text()):

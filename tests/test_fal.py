@@ -22,14 +22,14 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import ConfigError, key_hash, parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.http_client import HTTPClient
 from gateway.registry import Registry
 from gateway.router import CREDENTIALS_REJECTED
 from gateway.testing import FakeUpstream, ProviderContract, bytes_reply, hang, json_reply
 from gateway.upstream_http import UpstreamHTTP
 from tests import fake_fal as f
-from tests.conftest import AUTH, GATEWAY_KEY
+from tests.conftest import AUTH, GATEWAY_KEY, vendor_config_yaml
 
 PROMPT = "A lighthouse on a cliff at dusk"
 DEV1 = "fal/flux-1-dev"
@@ -42,23 +42,10 @@ RUN = "/fal-ai/flux/dev"
 
 def config_yaml(fake: FakeUpstream, models: str = "", instances: int = 1, settings: str = "",
                 router: str = "max_attempts_per_target: 1", domains: str = '["127.0.0.1"]') -> str:
-    providers = "".join(f"""
-  - id: fal-{i}
-    plugin: fal
-    region: us
-    settings:
-      api_key: "{f.API_KEY}"
+    return vendor_config_yaml("fal", "us", lambda i: f"""      api_key: "{f.API_KEY}"
       base_url: "{fake.url('')}"
       extra_domains: {domains}
-{settings}""" for i in range(instances))
-    return f"""
-keys:
-  - name: test
-    hash: "{key_hash(GATEWAY_KEY)}"
-providers:{providers}
-router: {{{router}}}
-{models}
-"""
+{settings}""", instances, models, router)
 
 
 TWO_TARGETS = f"""
@@ -355,13 +342,12 @@ class TestFalContract(ProviderContract):
         return True
 
 
-def test_the_readme_documents_every_setting_and_model() -> None:
+def test_the_docs_document_every_setting_and_model() -> None:
     from pathlib import Path
 
     from plugins.fal import FalSettings, catalog
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Built-in: `fal`")[1].split("<!-- /section")[0]
+    section = (Path(__file__).resolve().parent.parent / "docs/providers/fal.md").read_text()
     for name in FalSettings.__struct_fields__:
         assert f"{name}:" in section, name
     for model in catalog():

@@ -33,7 +33,7 @@ from gateway.registry import Registry
 from gateway.router import CREDENTIALS_REJECTED
 from gateway.testing import FakeUpstream, ProviderContract, bytes_reply, hang, json_reply
 from gateway.upstream_http import UpstreamHTTP
-from tests.conftest import AUTH, GATEWAY_KEY
+from tests.conftest import AUTH, GATEWAY_KEY, vendor_config_yaml
 from tests import fake_google as g
 
 API_KEY = "AIzaSyTEST-gemini-key-5f4e3d2c1b"
@@ -45,22 +45,9 @@ PROMPT = "A lighthouse on a cliff at dusk"
 
 def config_yaml(fake: FakeUpstream, models: str = "", instances: int = 1, settings: str = "",
                 router: str = "max_attempts_per_target: 1") -> str:
-    providers = "".join(f"""
-  - id: google-{i}
-    plugin: google
-    region: global
-    settings:
-      api_key: "{API_KEY}"
+    return vendor_config_yaml("google", "global", lambda i: f"""      api_key: "{API_KEY}"
       base_url: "{fake.url('/v1beta')}"
-{settings}""" for i in range(instances))
-    return f"""
-keys:
-  - name: test
-    hash: "{key_hash(GATEWAY_KEY)}"
-providers:{providers}
-router: {{{router}}}
-{models}
-"""
+{settings}""", instances, models, router)
 
 
 @pytest.fixture

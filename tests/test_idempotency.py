@@ -1,5 +1,5 @@
-"""``Idempotency-Key`` in one process (the memory store): every rule of the README's "Retries and
-billing", through the real app and the real openai plugin against the fake upstream.
+"""``Idempotency-Key`` in one process (the memory store): every rule of "Retries and
+billing" (docs/retries-and-billing.md), through the real app and the real openai plugin against the fake upstream.
 
 The rules follow the IETF draft (draft-ietf-httpapi-idempotency-key-header: a repeat gets the first
 answer, a key reused with another payload is a 422, a request still being processed is a 409) and

@@ -165,5 +165,8 @@ async def test_alias_and_bare_name(make_client: Any) -> None:
     resp = await client.post("/v1/images/generations", json={**SEED, "model": "gpt-image-1"}, headers=AUTH)
     assert resp.status == 200
     resp = await client.post("/v1/images/generations", json={**SEED, "model": "gpt-image-2"}, headers=AUTH)
+    assert resp.status == 200  # a bare id naming one configured model is that model (tests/test_bare_ids.py)
+    client = await make_client("bare_model_ids: refuse\n")
+    resp = await client.post("/v1/images/generations", json={**SEED, "model": "gpt-image-2"}, headers=AUTH)
     assert resp.status == 400
     assert "openai/gpt-image-2" in (await resp.json())["error"]["message"]

@@ -58,7 +58,8 @@ async def workers(upstream: Any, tmp_path: Path) -> AsyncIterator[tuple[list[int
     log_path = tmp_path / "access.log"
     config = tmp_path / "gateway.yaml"
     config.write_text(base_config_yaml(upstream.url, ROUTER + f'log: {{destination: "{log_path}"}}\n'))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "OPENGATEWAY_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROMETHEUS_", "OPENGATEWAY_", "OPENAI_")) or k == "OPENGATEWAY_TODAY"}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     started = [await start_worker(config, env) for _ in range(2)]
     try:

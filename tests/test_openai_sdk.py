@@ -52,10 +52,11 @@ async def test_wrong_key_raises_authentication_error(client: Any) -> None:
     assert info.value.code == "invalid_api_key"
 
 
-async def test_unknown_model_raises_not_found(sdk: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as info:
+async def test_unknown_model_raises_bad_request(sdk: openai.AsyncOpenAI) -> None:
+    # As OpenAI's images endpoints answer it (tests/test_validation_table.py cites the sources).
+    with pytest.raises(openai.BadRequestError) as info:
         await sdk.images.generate(model="openai/gpt-image-9", prompt="x")
-    assert info.value.code == "model_not_found"
+    assert (info.value.code, info.value.type) == ("invalid_value", "image_generation_user_error")
 
 
 async def test_extra_body_and_extra_headers_reach_the_gateway(sdk: openai.AsyncOpenAI, upstream: Any) -> None:

@@ -29,7 +29,30 @@ def test_all_is_accurate() -> None:
     assert defined_here <= set(contract.__all__), "a public class or function of the contract is not exported"
 
 
-@pytest.mark.parametrize("name", ["openai", "azure_openai", "local", "google", "bfl", "fal"])
+def test_builtin_plugins_use_only_the_public_contract() -> None:
+    """The built-ins are written as a third party must write a plugin: everything of the gateway
+    they use comes from ``gateway.provider``."""
+    from pathlib import Path
+    import re
+    plugins = Path(__file__).parent.parent / "plugins"
+    for source in sorted(plugins.glob("*.py")):
+        imported = set(re.findall(r"^\s*(?:from|import) (gateway[.\w]*)", source.read_text(), flags=re.M))
+        assert imported <= {"gateway.provider"}, f"{source.name} imports {sorted(imported)}"
+
+
+@pytest.mark.parametrize(("status", "code", "router_status"), [
+    (401, "invalid_api_key", 401), (403, "permission_denied", 403), (404, "model_not_found", 404),
+    (429, "rate_limit_exceeded", 429), (503, None, 503), (422, "invalid_value", 400), (409, "invalid_value", 400)])
+def test_status_error_maps_the_usual_statuses(status: int, code: str | None, router_status: int) -> None:
+    error = contract.status_error(status, "said", {"retry-after": "7"})
+    assert (error.status, error.code) == (router_status, code)
+    assert error.retry_after_s == (7.0 if status in (429, 503) else None)
+    assert contract.status_error(429, "said", {}, retry_after=3.5).retry_after_s == 3.5
+    assert contract.scrub("key sk-abc leaked", ("sk-abc", "")) == "key [redacted] leaked"
+    assert contract.answered("Acme", 502, b"<html>bad gateway</html>") == "Acme answered HTTP 502: <html>bad gateway</html>"
+
+
+@pytest.mark.parametrize("name", ["openai", "azure_openai", "local", "google", "bfl", "fal", "stability"])
 def test_builtin_plugins_come_through_the_entry_points(name: str) -> None:
     info = discover()[name]
     assert info.ok and info.distribution == "opengateway" and info.api_version == contract.API_VERSION

@@ -44,6 +44,8 @@ DISTS: dict[str, tuple[str, str, str, str]] = {
     "og-wrong-api": ("2.0.0", "future", "og_future",
                      _GOOD_BODY.format(cls="GoodProvider", api_version=99, name="future")),
     "og-not-provider": ("0.1.0", "thing", "og_thing", "class GoodProvider:\n    pass\n"),
+    "og-buggy": ("0.0.1", "buggy", "og_buggy", _GOOD_BODY.format(cls="GoodProvider", api_version=2, name="buggy")
+                 .replace("return ImageResult(", "return 1 / 0, ImageResult(")),
     "og-abstract": ("0.1.0", "half", "og_half", textwrap.dedent('''
         import msgspec
         from gateway.provider import Provider
@@ -169,3 +171,41 @@ def test_broken_plugins_do_not_stop_a_config_that_does_not_use_them(site: Path) 
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
         assert proc.returncode == 0
+
+
+async def test_a_plugin_that_raises_is_a_failed_attempt_and_the_fallback_answers(site: Path) -> None:
+    """A third-party plugin's bug (here a ZeroDivisionError in ``generate``) is the plugin's, not the
+    request's: the attempt fails with 502 ``provider_error`` (it may have reached its upstream, so
+    it may have been billed), the traceback goes to the log for the plugin's author, and the
+    request's fallback answers. Never a 500."""
+    import aiohttp
+
+    from tests.gateway_process import GatewayProcess
+    config = site / "buggy.yaml"
+    config.write_text(f"""
+keys:
+  - name: test
+    hash: "{key_hash(GATEWAY_KEY)}"
+providers:
+  - {{id: p, plugin: buggy}}
+  - {{id: offline, plugin: local}}
+models:
+  thirdparty/buggy: {{targets: [p], fallbacks: [openai/gpt-image-1]}}
+  openai/gpt-image-1: {{targets: [offline]}}
+""")
+    gateway = await GatewayProcess.start(config, env={"PYTHONPATH": str(site)})
+    try:
+        url = await gateway.url()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{url}/v1/images/generations", json={"model": "thirdparty/buggy", "prompt": "x"},
+                                    headers={"Authorization": f"Bearer {GATEWAY_KEY}"}) as resp:
+                body = await resp.json()
+        assert resp.status == 200, body
+        failed, served = body["extra"]["routing"]["attempts"]
+        assert (failed["status"], failed["http_status"], failed["error_code"]) == ("failed", 502, "provider_error")
+        assert failed["error_message"] == "The buggy provider plugin failed (ZeroDivisionError)."
+        assert failed["possibly_billed"] is True and served["status"] == "succeeded"
+        await gateway.wait_for_lines(r"target p:openai/gpt-image-1|target p:thirdparty/buggy: the buggy plugin raised")
+        assert "ZeroDivisionError" in gateway.log()
+    finally:
+        await gateway.close()

@@ -55,10 +55,11 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, i
     port = _free_port()
     command = block("bash", "opengateway serve").strip()
     assert command.endswith("opengateway serve"), command
-    # A newcomer's shell: no config file and no provider settings of their own.
+    # A newcomer's shell: no config file and no provider settings of their own, on today's date
+    # (not the suite's fixed day: the quick start must work on the models served today).
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENGATEWAY_CONFIG", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENGATEWAY_API_KEY",
-                        "VIRTUAL_ENV", "PYTHONPATH")}
+                        "VIRTUAL_ENV", "PYTHONPATH", "OPENGATEWAY_TODAY")}
     proc = subprocess.Popen(["bash", "-c", f"{command} --port {port}"], cwd=clone, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.stdout is not None

@@ -116,3 +116,30 @@ async def test_readyz_stays_plain_without_verbose(routed: Any) -> None:
                             "openai-eu:openai/gpt-image-1-mini", "openai-main:openai/gpt-image-1.5"}
     assert {t["state"] for t in targets.values()} == {"closed"}
     assert targets["openai-eu:openai/gpt-image-1"]["region"] == "eu-west"
+
+
+async def test_a_429_storm_stays_a_429_with_the_upstreams_retry_after(
+        routed: Any, upstream: FakeUpstream, clock: FakeClock) -> None:
+    """A rate-limiting upstream is working, not broken: its 429s never open the circuit (which
+    would turn them into 503 all_targets_unavailable, another SDK exception and retry policy).
+    Within its retry-after the target is skipped at no cost, and the client still gets 429 with
+    the time left; afterwards it is tried again."""
+    client = await routed(SINGLE_WITH_FALLBACK.replace(", fallbacks: [openai/gpt-image-1-mini]", ""), BREAKER)
+    target = "openai-main:openai/gpt-image-1"
+    limited = error(429, "rate_limit_exceeded", "Rate limit reached for images per minute.", headers={"retry-after": "20"})
+    for round_ in range(4):  # twice the breaker's consecutive_failures
+        upstream.script("gpt-image-1", limited)
+        called = len(upstream.received)
+        status, body, headers = await post(client)
+        assert (status, headers["retry-after"], body["error"]["code"]) == (429, "20", "rate_limit_exceeded")
+        assert len(upstream.received) == called + 1
+        # Within the retry-after: no upstream call, still a 429 with the time left.
+        clock.now += 15
+        status, body, headers = await post(client)
+        assert (status, headers["retry-after"]) == (429, "5") and len(upstream.received) == called + 1
+        assert body["extra"]["routing"]["attempts"][0]["error_code"] == "rate_limited"
+        clock.now += 5
+    health = (await readyz_targets(client))[target]
+    assert health["state"] == "closed" and health["trips"] == 0
+    status, body, _ = await post(client)  # the upstream takes requests again
+    assert status == 200 and attempts(body)[0][0] == "succeeded"

@@ -82,7 +82,7 @@ def test_redact_scrubs_configured_secrets_verbatim() -> None:
 async def test_malformed_authorization_is_not_logged(client: Any, caplog: pytest.LogCaptureFixture) -> None:
     """aiohttp's parser logs a malformed request with the offending header line; the gateway's
     filter on that logger redacts it. (The parser's plain-text 400 still echoes the line to the
-    client that sent it: aiohttp has no hook there; README section reliability.)"""
+    client that sent it: aiohttp has no hook there; docs/security.md.)"""
 
     caplog.set_level(logging.DEBUG)
     for line in (b"Authorization: Bearer " + GATEWAY_KEY.encode() + b"\x00\r\n",

@@ -26,14 +26,14 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import ConfigError, key_hash, parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.http_client import HTTPClient
 from gateway.registry import Registry
 from gateway.router import CREDENTIALS_REJECTED
 from gateway.testing import FakeUpstream, ProviderContract, bytes_reply, hang, json_reply
 from gateway.upstream_http import UpstreamHTTP
 from tests import fake_stability as s
-from tests.conftest import AUTH, GATEWAY_KEY
+from tests.conftest import AUTH, GATEWAY_KEY, vendor_config_yaml
 
 ULTRA = "stability/stable-image-ultra"
 SD3 = "stability/sd3.5-large"
@@ -46,22 +46,9 @@ models:
 
 def config_yaml(fake: FakeUpstream, models: str = "", instances: int = 1, settings: str = "",
                 router: str = "max_attempts_per_target: 1", keys: tuple[str, ...] = ()) -> str:
-    providers = "".join(f"""
-  - id: stability-{i}
-    plugin: stability
-    region: global
-    settings:
-      api_key: "{keys[i] if i < len(keys) else s.API_KEY}"
+    return vendor_config_yaml("stability", "global", lambda i: f"""      api_key: "{keys[i] if i < len(keys) else s.API_KEY}"
       base_url: "{fake.url('')}"
-{settings}""" for i in range(instances))
-    return f"""
-keys:
-  - name: test
-    hash: "{key_hash(GATEWAY_KEY)}"
-providers:{providers}
-router: {{{router}}}
-{models}
-"""
+{settings}""", instances, models, router)
 
 
 @pytest.fixture
@@ -396,11 +383,10 @@ def test_bad_settings_are_config_problems(settings: dict[str, Any], fragment: st
     assert problem.path.startswith("$.providers[0]") and fragment in f"{problem.path} {problem.message}", problem
 
 
-def test_the_readme_config_example_is_a_working_config() -> None:
+def test_the_docs_config_example_is_a_working_config() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Built-in: `stability`", 1)[1]
+    section = (Path(__file__).resolve().parent.parent / "docs/providers/stability.md").read_text()
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = parse_config(example, env={"STABILITY_API_KEY": s.API_KEY})
     registry = Registry.build(config, UpstreamHTTP(HTTPClient()))
@@ -424,3 +410,17 @@ class TestStabilityContract(ProviderContract):
                    "malformed": [bytes_reply(b'{"image": 5}', content_type="application/json")], "hang": [hang()]}
         upstream.script("POST", s.path(endpoint), *answers[kind])
         return True
+
+
+async def test_a_deeply_nested_answer_fails_the_attempt_not_the_request(gateway: Callable[..., Any],
+                                                                        fake: FakeUpstream) -> None:
+    # A 200 nested 5,000 levels deep (msgspec would give up with RecursionError): an invalid
+    # answer, the next target answers; never a 500.
+    fake.script("POST", s.path("ultra"), bytes_reply(b'{"image":' + b"[" * 5000 + b"]" * 5000 + b"}",
+                                                     content_type="application/json"), s.ok())
+    gw = await gateway(instances=2, models=TWO_TARGETS)
+    status, body = await generate(gw)
+    assert status == 200, body
+    first, second = body["extra"]["routing"]["attempts"]
+    assert (first["status"], first["http_status"], first["error_code"]) == ("failed", 502, "invalid_upstream_response")
+    assert second["status"] == "succeeded"

@@ -18,13 +18,15 @@ class BackendUnavailable(Exception):
 class LimitsBackend(Protocol):
     async def acquire(self, plan: Plan, token: str) -> Decision:
         """Check every limit of ``plan`` and, only if all pass, count the request in all of them
-        (and take a concurrency slot named ``token``) - atomically."""
+        (take a concurrency slot named ``token``, add ``plan.reserve_micro`` to the day and month
+        spend) - atomically."""
 
     async def release(self, key: str, token: str) -> None:
         """Free the concurrency slot ``token`` took."""
 
     async def charge(self, plan: Plan, micro_usd: int) -> None:
-        """Add a finished request's cost to its key's day and month spend."""
+        """Add ``micro_usd`` to the key's day and month spend of ``plan``'s periods; negative
+        settles a reservation that was more than the request cost (the spend stays >= 0)."""
 
     async def close(self) -> None: ...
 

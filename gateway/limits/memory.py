@@ -23,7 +23,8 @@ class MemoryBackend:
         self.clock = clock
         self._windows: dict[tuple[str, str], _Window] = {}
         self._slots: dict[str, set[str]] = {}
-        self._spend: dict[tuple[str, str], tuple[str, int]] = {}  # (key, day|month) -> (period, micro)
+        #: (key, period) -> micro-USD spent or reserved; a period is a day (20261202) or a month (202612).
+        self._spend: dict[tuple[str, str], int] = {}
 
     def _window(self, key: str, kind: str, now: float) -> _Window:
         window = self._windows.get((key, kind))
@@ -31,9 +32,19 @@ class MemoryBackend:
             window = self._windows[(key, kind)] = _Window(now + WINDOW_S)
         return window
 
-    def _spent(self, key: str, kind: str, period: str) -> int:
-        held = self._spend.get((key, kind))
-        return held[1] if held is not None and held[0] == period else 0
+    def _spent(self, key: str, period: str) -> int:
+        return self._spend.get((key, period), 0)
+
+    def _add(self, key: str, period: str, micro_usd: int) -> None:
+        # Never below 0: a settle after its period was pruned must not start the next one in debt.
+        self._spend[(key, period)] = max(0, self._spent(key, period) + micro_usd)
+
+    def _prune(self, plan: Plan) -> None:
+        """Keep this key's current day and month only (a late settle for an earlier period may add
+        one back; the next acquire drops it)."""
+        stale = [k for k in self._spend if k[0] == plan.key and k[1] not in (plan.day, plan.month)]
+        for k in stale:
+            del self._spend[k]
 
     async def acquire(self, plan: Plan, token: str) -> Decision:
         now = self.clock()
@@ -43,8 +54,8 @@ class MemoryBackend:
         decision = Decision(
             requests_used=requests.used, requests_reset_s=requests.ends_at - now,
             images_used=images.used, images_reset_s=images.ends_at - now, concurrent_used=len(slots),
-            spend_day_micro=self._spent(plan.key, "day", plan.day),
-            spend_month_micro=self._spent(plan.key, "month", plan.month))
+            spend_day_micro=self._spent(plan.key, plan.day),
+            spend_month_micro=self._spent(plan.key, plan.month))
         if plan.requests_per_minute is not None and requests.used + 1 > plan.requests_per_minute:
             decision.denied = "requests_per_minute"
         elif plan.images_per_minute is not None and images.used + plan.images > plan.images_per_minute:
@@ -63,14 +74,18 @@ class MemoryBackend:
         if plan.concurrent_requests is not None:
             slots.add(token)
             decision.concurrent_used, decision.holds_slot = len(slots), True
+        if plan.reserve_micro:
+            self._prune(plan)
+            self._add(plan.key, plan.day, plan.reserve_micro)
+            self._add(plan.key, plan.month, plan.reserve_micro)
         return decision
 
     async def release(self, key: str, token: str) -> None:
         self._slots.get(key, set()).discard(token)
 
     async def charge(self, plan: Plan, micro_usd: int) -> None:
-        for kind, period in (("day", plan.day), ("month", plan.month)):
-            self._spend[(plan.key, kind)] = (period, self._spent(plan.key, kind, period) + micro_usd)
+        for period in (plan.day, plan.month):
+            self._add(plan.key, period, micro_usd)
 
     async def close(self) -> None:
         pass

@@ -3,7 +3,9 @@ and how that reads to an OpenAI client: ``x-ratelimit-*`` headers and a 429.
 
 Per-minute limits use a window that opens with the first request counted and lasts 60 s: exact
 within the window (limit 20 lets exactly 20 through), at most twice the limit across a window's
-edge. Spend is checked before a request (spent < limit) and charged after its response.
+edge. Spend is checked before a request (spent < limit, reservations of requests in flight
+included); the request's worst case (gateway/cost.py ``worst_case_usd``) is reserved with the same
+atomic step, and settled to its actual cost after its response (``charge`` with the difference).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     slot_lease_s: float = 360.0
     spend_day_micro: int | None = None
     spend_month_micro: int | None = None
+    #: Added to the day and month spend when the request is let through (its worst case).
+    reserve_micro: int = 0
     day: str = ""    # UTC period ids naming the spend counters: 20260131, 202601
     month: str = ""
     day_reset_s: float = 0.0
@@ -62,14 +66,16 @@ class Decision(msgspec.Struct, kw_only=True):
 
 
 def make_plan(key: str, limits: KeyLimits, images: int, slot_lease_s: float,
-              now: datetime | None = None) -> Plan:
+              now: datetime | None = None, reserve_usd: float | None = None) -> Plan:
     now = now or datetime.now(UTC)
+    spends = limits.spend_usd_per_day is not None or limits.spend_usd_per_month is not None
     day_end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
     month_end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
     return Plan(
         key=key, requests_per_minute=limits.requests_per_minute, images_per_minute=limits.images_per_minute,
         images=images, concurrent_requests=limits.concurrent_requests, slot_lease_s=slot_lease_s,
         spend_day_micro=_micro(limits.spend_usd_per_day), spend_month_micro=_micro(limits.spend_usd_per_month),
+        reserve_micro=round(reserve_usd * MICRO_USD) if spends and reserve_usd else 0,
         day=now.strftime("%Y%m%d"), month=now.strftime("%Y%m"),
         day_reset_s=(day_end - now).total_seconds(), month_reset_s=(month_end - now).total_seconds())
 

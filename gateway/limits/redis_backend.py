@@ -36,7 +36,8 @@ log = logging.getLogger("opengateway.limits")
 
 # KEYS: requests window, images window, slots, day spend, month spend, this token's tombstone.
 # ARGV: requests limit, images limit, images asked, slots limit, lease ms, token, day limit,
-#       month limit, window ms (a limit of 0 is not checked; spend in micro-USD).
+#       month limit, window ms, spend reserved, day spend ttl ms, month spend ttl ms (a limit of 0
+#       is not checked; spend in micro-USD).
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return {'released', 0, 0, 0, 0, 0, 0, 0}  -- its request gave up and released it already
@@ -82,14 +83,23 @@ if denied == '' then
     redis.call('PEXPIRE', KEYS[3], lease_ms)
     s_used = s_used + 1
   end
+  local reserve = tonumber(ARGV[10])
+  if reserve > 0 then  -- the request's worst case, settled after its answer
+    for i = 4, 5 do
+      redis.call('INCRBY', KEYS[i], reserve)
+      if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i + 7]) end
+    end
+  end
 end
 return {denied, r_used, r_ttl, i_used, i_ttl, s_used, d_spent, m_spent}
 """
 
-# KEYS: day spend, month spend. ARGV: micro-USD, day ttl ms, month ttl ms.
+# KEYS: day spend, month spend. ARGV: micro-USD (negative: a reservation released), day ttl ms,
+# month ttl ms. Never below 0 (INCRBY keeps the key's TTL).
 _CHARGE = """
 for i = 1, 2 do
-  redis.call('INCRBY', KEYS[i], ARGV[1])
+  local spent = redis.call('INCRBY', KEYS[i], ARGV[1])
+  if spent < 0 then redis.call('INCRBY', KEYS[i], -spent) end
   if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[i + 1]) end
 end
 return 1
@@ -156,7 +166,8 @@ class RedisBackend:
                 self._key(plan.key, f"gone:{token}")]
         args: list[int | str] = [plan.requests_per_minute or 0, plan.images_per_minute or 0, plan.images,
                                  plan.concurrent_requests or 0, lease_ms, token,
-                                 plan.spend_day_micro or 0, plan.spend_month_micro or 0, int(WINDOW_S * 1000)]
+                                 plan.spend_day_micro or 0, plan.spend_month_micro or 0, int(WINDOW_S * 1000),
+                                 plan.reserve_micro, _DAY_TTL_MS, _MONTH_TTL_MS]
         try:
             reply = await self._call(self._acquire(keys=keys, args=args))
         except BaseException:  # BackendUnavailable, or cancelled: Redis may run the script later

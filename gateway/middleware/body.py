@@ -1,6 +1,11 @@
 """Reads the body of the image routes from the client, bounded in size and time, before anything
 is judged of it: a JSON body as one bytes object; an edit's multipart form as its text fields and
-its files, held once (gateway/uploads.py) and let go when the request ends."""
+its files, held once (gateway/uploads.py) and let go when the request ends.
+
+A compressed body (``Content-Encoding`` other than ``identity``) is refused with 415 before a
+byte of it is read: a megabyte of gzip can inflate to a gigabyte, and no OpenAI SDK compresses
+its requests. The server never inflates one either (gateway/server.py runs aiohttp with
+``auto_decompress=False``), so the refusal costs nothing, whoever sends it, key or not."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from aiohttp import web
 from gateway.appkeys import BODY, RECORD, RUNTIME
 from gateway.body import Body
 from gateway.edit_form import read_multipart
-from gateway.errors import InvalidRequest, RequestTimeout
+from gateway.errors import GatewayError, InvalidRequest, RequestTimeout
 from gateway.middleware import Handler, Next
 from gateway.uploads import UploadLimits
 
@@ -36,10 +41,17 @@ def is_json(content_type: str) -> bool:
 @web.middleware
 def body_middleware(request: web.Request, handler: Handler) -> Next:
     route_handler = request.match_info.handler
-    if getattr(route_handler, "takes_edit_request", False):
-        return _edit(request, handler)
-    if not getattr(route_handler, "takes_images_request", False):
+    edit = getattr(route_handler, "takes_edit_request", False)
+    if not edit and not getattr(route_handler, "takes_images_request", False):
         return handler(request)
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() != "identity":
+        raise GatewayError(
+            f"Unsupported Content-Encoding: '{encoding[:64]}'. Send the request body uncompressed.",
+            status=415, type="invalid_request_error", code="unsupported_content_encoding",
+            headers={"Accept-Encoding": "identity"})
+    if edit:
+        return _edit(request, handler)
     # A missing Content-Type is tolerated; a different one is refused as OpenAI does.
     if "Content-Type" in request.headers and not is_json(request.content_type):
         raise InvalidRequest(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import BODY, PLAN, PRINCIPAL, RECORD, RUNTIME
+from gateway.bounded import NAME_CHARS, clip
 from gateway.edit_form import inputs_from_json
 from gateway.middleware import Handler, Next
 from gateway.plan import make_plan
@@ -31,7 +32,7 @@ def validation_middleware(request: web.Request, handler: Handler) -> Next:
     else:
         decoded, unknown = decode_fields(body.fields or {})
     record = request[RECORD]
-    record.model_asked = decoded.model
+    record.model_asked = clip(decoded.model, NAME_CHARS) if decoded.model is not None else None
     plan = request[PLAN] = make_plan(decoded, unknown, request[PRINCIPAL], runtime, body.inputs)
     record.model = plan.route.id
     return handler(request)
