@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import AsyncIterator, Callable, Iterable
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -212,5 +214,7 @@ def create_app(config: Config, config_path: str | None = None, *, timing: Router
     # of the current config turns them off, so a reload can turn them on or off.
     add_admin_routes(app, [web.post("/admin/reload", admin_routes.admin_reload),
                            web.route("GET", "/metrics", admin_routes.metrics_endpoint)])
-    add_admin_routes(app, dashboard.ROUTES)  # (its templates load on its first page)
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("gateway.dashboard", "templates"),
+                         autoescape=True, filters=dashboard.FILTERS)
+    add_admin_routes(app, dashboard.ROUTES)
     return app

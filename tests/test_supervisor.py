@@ -45,7 +45,8 @@ async def test_serve_becomes_a_supervisor_that_loads_no_extension_of_the_app(tmp
         await gateway.wait_for_lines(r"OpenGateway listening on http://[0-9.:]+$", count=2)
         pid = gateway.process.pid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"gateway.supervisor" in cmdline
+        assert any(b"gateway.supervisor" in part for part in cmdline)
+        assert b"-S" in cmdline  # without site: no .pth files, no editable-install finders
         maps = Path(f"/proc/{pid}/maps").read_text()
         for library in ("_ssl", "libssl", "libcrypto", "aiohttp", "msgspec", "_yaml", "uvloop", "multidict"):
             assert library not in maps, library

@@ -1,2 +1,2 @@
-"""The operator dashboard at ``/dashboard`` (jinja2 templates, autoescaped), behind an admin key:
+"""The operator dashboard at ``/dashboard`` (aiohttp-jinja2, autoescaped), behind an admin key:
 ``views`` (routes), ``session`` (sign-in), ``stats`` (the figures), ``templates/``."""

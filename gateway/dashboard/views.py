@@ -7,11 +7,11 @@ answer 404 like an unknown path, and an admin key is checked by the current admi
 from __future__ import annotations
 
 import datetime
-import functools
 import hmac
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import aiohttp_jinja2
 import msgspec
 from aiohttp import web
 
@@ -25,9 +25,6 @@ from gateway.keyring import bearer_token
 from gateway.metrics import breaker_snapshot
 from gateway.middleware import public
 from gateway.runtime import Runtime
-
-if TYPE_CHECKING:
-    import jinja2
 
 _TOP = 10
 # No script runs on the page at all: it refreshes with <meta http-equiv="refresh">.
@@ -101,21 +98,8 @@ def _admin(request: web.Request, runtime: Runtime) -> tuple[str | None, str | No
     return None, None
 
 
-@functools.cache
-def _templates() -> jinja2.Environment:
-    """The templates, autoescaped, loaded with jinja2 on the dashboard's first page: imported at
-    start-up, jinja2 would cost every worker about 4 MB that most never use (README, Performance)."""
-    import jinja2
-
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("gateway.dashboard", "templates"),
-                                     autoescape=True)
-    environment.filters.update(FILTERS)
-    return environment
-
-
 def _page(template: str, request: web.Request, context: dict[str, Any], status: int = 200) -> web.Response:
-    response = web.Response(text=_templates().get_template(template).render(context), status=status,
-                            content_type="text/html", charset="utf-8")
+    response = aiohttp_jinja2.render_template(template, request, context, status=status)
     response.headers.update(_HEADERS)
     return response
 
@@ -186,7 +170,7 @@ def _usd(value: float | None) -> str:
     return "unknown" if value is None else f"${value:,.4f}"
 
 
-#: The templates' filters (``_templates``).
+#: The templates' filters (gateway/app.py sets up aiohttp-jinja2 with them).
 FILTERS = {"when": _when, "usd": _usd}
 
 ROUTES = [
