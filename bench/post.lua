@@ -7,6 +7,10 @@
 --                       path is the URL's, given on wrk's command line
 --   BENCH_HEADERS       extra request headers, one "Name: value" a line (the routing headers
 --                       a peer such as Portkey needs on every request)
+--   BENCH_REQUEST_HOOK  "key": every request carries an Idempotency-Key of its own
+--                       (BENCH_KEY_PREFIX, the thread's id and a counter); "plain": the same
+--                       request() hook without the header, the baseline that pays wrk's hook
+--                       too (S1 and S2's Idempotency-Key rows)
 --   BENCH_MAX_REQUESTS  if > 0: each wrk thread stops after this many responses (count-bounded
 --                       runs, S5). This enables wrk's response() hook, which costs wrk some speed,
 --                       so it is off for the throughput scenarios.
@@ -44,6 +48,19 @@ function setup(thread)
    next_id = next_id + 1
    thread:set("id", next_id)
    table.insert(threads, thread)
+end
+
+local hook = os.getenv("BENCH_REQUEST_HOOK")
+if hook == "key" or hook == "plain" then
+   local prefix = os.getenv("BENCH_KEY_PREFIX") or "bench"
+   local sent = 0
+   function request()
+      sent = sent + 1
+      if hook == "key" then
+         wrk.headers["Idempotency-Key"] = prefix .. "-" .. tostring(id) .. "-" .. tostring(sent)
+      end
+      return wrk.format()
+   end
 end
 
 responses = 0

@@ -43,6 +43,46 @@ def ratio_columns(b: Bench) -> list[str]:
     return ["nginx", "aiohttp", "direct"] + list(b.peers)
 
 
+def keyed_rows(b: Bench, rows: list[list[str]], row: Any, judge: Any, med: dict[str, Any], notes: list[str]) -> None:
+    """S1 and S2 on the "keyed" gateway without and with an Idempotency-Key on every request
+    (run.py ``keyed_round``), in the gateway's column: req/s and p50, and what the key adds,
+    each a median of the per-round differences."""
+    rounds = [r for r in b.results["rounds"] if "S1 keyed" in r or "S2 keyed" in r]
+    for sc, label in (("S1", f"S1 1 KB, {b.s.s1_conns} conns, keyed"), ("S2", "S2 1 conn, keyed")):
+        runs = [r[f"{sc} keyed"] for r in rounds if f"{sc} keyed" in r]
+        if not runs:
+            continue
+        rps = {h: median([x[h]["rps"] for x in runs]) for h in ("plain", "key")}
+        p50 = {h: median([x[h]["p50_us"] for x in runs]) for h in ("plain", "key")}
+        added = median([x["key"]["p50_us"] - x["plain"]["p50_us"] for x in runs])
+        ratio = median([x["key"]["rps"] / x["plain"]["rps"] for x in runs if x["plain"]["rps"]])
+        # At 32 connections the gateway's CPU is the bottleneck: the time it spends per request
+        # is 1 / req/s, and the key's share of it is the difference (its p50 moves by 32 times that).
+        cpu = median([1e6 / x["key"]["rps"] - 1e6 / x["plain"]["rps"] for x in runs
+                      if x["key"]["rps"] and x["plain"]["rps"]])
+        errors = sum(x[h]["error_count"] for x in runs for h in ("plain", "key"))
+        rows.append(row(label, "req/s without / with key",
+                        {"gateway": f"{fmt_num(rps['plain'])} / {fmt_num(rps['key'])}"}, blank="-"))
+        rows.append(row(label, "p50 ms without / with key",
+                        {"gateway": f"{fmt_ms(p50['plain'])} / {fmt_ms(p50['key'])}"}, blank="-"))
+        if sc == "S1":
+            ok = None if cpu is None else cpu <= 100 and errors == 0
+            rows.append(row(label, "key's added ms per request", {"gateway": "-" if cpu is None else f"{cpu / 1000:+.3f}"},
+                            {}, "<= 0.1 ms", judge(ok, "S1 Idempotency-Key added time per request"), blank="-"))
+        else:
+            ok = None if added is None else added <= 100 and errors == 0
+            rows.append(row(label, "key's added p50 ms", {"gateway": "-" if added is None else f"{added / 1000:+.3f}"},
+                            {}, "<= 0.1 ms", judge(ok, "S2 Idempotency-Key added p50"), blank="-"))
+        med[f"{sc}_keyed"] = {"rps": rps, "p50_us": p50, "added_p50_us": added, "rps_key_over_plain": ratio,
+                              "added_us_per_request": cpu}
+        if errors:
+            notes.append(f"{sc} keyed: {errors} errors over the rounds")
+        if sc == "S1" and ratio is not None:
+            notes.append(f"S1 keyed: with an Idempotency-Key on every request (memory backend, each answer "
+                         f"kept) the gateway serves {ratio:.2f} x its req/s without one (both through wrk's "
+                         f"request() hook; each measured twice per round, without-with-with-without)")
+
+
 def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], list[str]]:
     """Table rows, medians (for --json), notes and misses."""
     s, res = b.s, b.results
@@ -161,6 +201,7 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         for t in targets:
             if errs("S2", t):
                 notes.append(f"S2 {t}: {errs('S2', t)} errors over the rounds")
+    keyed_rows(b, rows, row, judge, med, notes)
     # Order rows S1, S2, S3 (S3 was built with S1 above).
     rows.sort(key=lambda r: r[0][:2])
 

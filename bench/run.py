@@ -342,6 +342,13 @@ NGINX_BLOCK = """
     }}
 """
 
+#: The "keyed" gateway (S1/S2 with and without an Idempotency-Key): the memory backend, every
+#: answer kept for 60 s (the default 24 h would keep each run's few hundred thousand answers past
+#: the default 256 MB cap, and the rounds would end on "full" answers instead of kept ones).
+KEYED_CONF = """\
+idempotency: {ttl_s: 60, max_total_bytes: 2147483648}
+"""
+
 #: The most worker processes S4 gives the gateway and nginx to stay within the descriptor limit.
 MAX_S4_WORKERS = 4
 
@@ -518,7 +525,8 @@ class Bench:
         g.conf = self.tmp / f"gateway-{name}.yaml"
         g.conf.write_text(GATEWAY_CONF.format(
             port=g.port, key_hash=hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
-            upstream_port=upstream.port, model=MODEL, upload_memory_bytes=self.s.gateway_upload_memory_bytes))
+            upstream_port=upstream.port, model=MODEL, upload_memory_bytes=self.s.gateway_upload_memory_bytes)
+            + (KEYED_CONF if name == "keyed" else ""))
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(g.conf),
                 "--host", "127.0.0.1", "--port", str(g.port)]
         workers = workers or self.s.workers
@@ -620,6 +628,10 @@ class Bench:
                 conns = s.s1_conns if prof == "small" else s.s3_conns
                 self.wrk.run(self.port_of(t, prof), conns, 2, s.warmup_s, label=f"warm-up {t} {prof}",
                              headers=self.headers_of(t, prof))
+        if "keyed" in self.gateways and {"S1", "S2"} & set(plan):
+            for hook in ("plain", "key"):
+                self.wrk.run(self.gateways["keyed"].port, s.s1_conns, 2, s.warmup_s,
+                             label=f"warm-up keyed {hook}", request_hook=hook)
         for key in extra:
             for t in extra_targets:
                 if t != "direct":  # the fake upstream has nothing to warm
@@ -650,8 +662,31 @@ class Bench:
                 log(f"round {r + 1}/{s.rounds} {sc}: " + ", ".join(
                     f"{t} {rnd[sc][t]['rps']:,.0f} req/s p50 {rnd[sc][t]['p50_us'] / 1000:.2f} ms"
                     for t in self.targets))
+            self.keyed_round(r, [sc for sc in plan if sc in ("S1", "S2")], rnd)
             self.results["rounds"].append(rnd)
 
+    def keyed_round(self, r: int, plan: list[str], rnd: dict[str, dict[str, Any]]) -> None:
+        """S1 and S2 on the "keyed" gateway through wrk's request() hook, without and with an
+        Idempotency-Key of its own on every request (the memory backend: each answer kept): what
+        the header costs. Both pay the hook's cost in wrk. Each is measured twice for half the
+        time, in the order without, with, with, without (ABBA): a machine getting slower or
+        faster during the round weighs on both alike. Per hook: the requests and seconds summed,
+        the latency percentiles averaged."""
+        g = self.gateways.get("keyed")
+        if g is None or not plan:
+            return
+        s = self.s
+        for sc in plan:
+            conns, threads, duration = (s.s1_conns, 2, s.duration_s) if sc == "S1" else (1, 1, s.s2_duration_s)
+            runs: dict[str, list[dict[str, Any]]] = {"plain": [], "key": []}
+            for hook in ("plain", "key", "key", "plain"):
+                res = self.wrk.run(g.port, conns, threads, max(1.0, duration / 2),
+                                   label=f"{sc} keyed {hook} r{r + 1}", request_hook=hook)
+                runs[hook].append(res.as_dict())
+            rnd[f"{sc} keyed"] = {hook: _combined(two) for hook, two in runs.items()}
+            log(f"round {r + 1}/{s.rounds} {sc} Idempotency-Key: " + ", ".join(
+                f"{hook} {rnd[f'{sc} keyed'][hook]['rps']:,.0f} req/s p50 "
+                f"{rnd[f'{sc} keyed'][hook]['p50_us'] / 1000:.3f} ms" for hook in ("plain", "key")))
 
     def plan_s4(self, nofile: int) -> None:
         """How many connections S4 holds, and in how many processes. Every proxied request in
@@ -811,6 +846,7 @@ class Bench:
             wanted = []
             if {"S1", "S2"} & set(self.scenarios):
                 wanted.append(("small", "small"))
+                wanted.append(("keyed", "small"))  # S1/S2 without and with an Idempotency-Key
             if "S3" in self.scenarios:
                 wanted.append(("large", "large"))
             if "S4" in self.scenarios:
@@ -837,7 +873,8 @@ class Bench:
         self.phase("rounds")
         self.rounds()
         self.check_access_log()
-        for name in ("small", "large", "stream", "relay", "edit"):
+        self.check_keyed()
+        for name in ("small", "large", "stream", "relay", "edit", "keyed"):
             if name in self.gateways:
                 self.stop_gateway(self.gateways[name])
             for peer in self.peers:
@@ -873,12 +910,42 @@ class Bench:
                 f"the gateway wrote {lines:,} log lines for {served:,} requests: its access log "
                 f"looks off (server.access_log: true is set), so it was measured without it")
 
+    def check_keyed(self) -> None:
+        """The keyed gateway must have run every keyed request as a new key (none replayed,
+        refused or left unkept), or its figures measure something else: its /metrics says."""
+        g = self.gateways.get("keyed")
+        if g is None:
+            return
+        status, body = http_request(g.port, "GET", "/metrics")
+        if status != 200:
+            raise HarnessError(f"gateway keyed: GET /metrics answered {status}")
+        outcomes = {m.group(1): float(m.group(2)) for m in re.finditer(
+            rb'^opengateway_idempotent_requests_total\{outcome="(\w+)"\} (\S+)$', body, re.M)}
+        new = outcomes.pop(b"new", 0.0)
+        others = {k.decode(): v for k, v in outcomes.items() if v}
+        self.results["keyed"] = {"new": new, "others": others}
+        if not new or others:
+            raise HarnessError(f"gateway keyed: Idempotency-Key outcomes {{'new': {new:.0f}, **{others}}}: "
+                               f"every keyed request should have been new")
+
     def close(self) -> None:
         self.procs.stop_all()
         if not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
             log(f"kept {self.tmp}")
+
+
+def _combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one kind in one round as one: requests, seconds and errors summed, req/s over the
+    sum, latency percentiles averaged (close enough for runs of equal length)."""
+    requests = sum(x["requests"] for x in runs)
+    seconds = sum(x["duration_s"] for x in runs)
+    out: dict[str, Any] = {"requests": requests, "duration_s": seconds, "rps": requests / seconds if seconds else 0.0,
+                           "error_count": sum(x["error_count"] for x in runs)}
+    for key in ("p50_us", "p90_us", "p99_us"):
+        out[key] = sum(x[key] for x in runs) / len(runs)
+    return out
 
 
 def _connects(port: int) -> bool:

@@ -57,12 +57,14 @@ class Wrk:
     def run(self, port: int, conns: int, threads: int, duration_s: float, timeout_s: float = 5.0,
             stop_after: int | None = None, label: str = "",
             headers: dict[str, str] | None = None, path: str = API_PATH,
-            body: tuple[Path, str] | None = None) -> WrkResult:
+            body: tuple[Path, str] | None = None, request_hook: str | None = None) -> WrkResult:
         """One wrk run at http://127.0.0.1:port/v1/images/generations (or ``path``).
 
         With ``stop_after`` the run ends after that many responses (each thread stops at its
         share and drops a marker file; then wrk gets SIGINT), ``duration_s`` being the bound.
         ``body``: (file, Content-Type) of the body to send instead of post.lua's JSON request.
+        ``request_hook``: "key" (an Idempotency-Key of its own on every request) or "plain" (the
+        same Lua hook without it), post.lua's BENCH_REQUEST_HOOK.
         """
         self.count += 1
         threads = max(1, min(threads, conns))
@@ -72,6 +74,9 @@ class Wrk:
             env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
         if body is not None:
             env.update(BENCH_BODY_FILE=str(body[0]), BENCH_CONTENT_TYPE=body[1])
+        if request_hook is not None:
+            # Keys unique across runs: a key seen in an earlier run would be a replay.
+            env.update(BENCH_REQUEST_HOOK=request_hook, BENCH_KEY_PREFIX=f"bench-{os.getpid()}-{self.count}")
         stop_base = None
         per_thread = 0
         if stop_after:
