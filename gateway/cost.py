@@ -68,20 +68,19 @@ class UnreadableUsage(ValueError):
 
 
 def _check_counts(usage: Usage) -> None:
-    counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-              "total_tokens": usage.total_tokens}
-    for name, details in (("input_tokens_details", usage.input_tokens_details),
-                          ("output_tokens_details", usage.output_tokens_details)):
-        if details is not None:
-            counts.update({f"{name}.{k}": v for k, v in msgspec.structs.asdict(details).items()})
-    for name, count in counts.items():
+    for name, count in (("input_tokens", usage.input_tokens), ("output_tokens", usage.output_tokens),
+                        ("total_tokens", usage.total_tokens)):
         if count < 0:
             raise UnreadableUsage(f"the usage has a negative count ({name}: {count})")
-    for total, details in (("input_tokens", usage.input_tokens_details),
-                           ("output_tokens", usage.output_tokens_details)):
+    for total, whole, details in (("input_tokens", usage.input_tokens, usage.input_tokens_details),
+                                  ("output_tokens", usage.output_tokens, usage.output_tokens_details)):
         if details is None:
             continue
-        parts, whole = details.text_tokens + details.image_tokens, counts[total]
+        for field in details.__struct_fields__:
+            count = getattr(details, field)
+            if count < 0:
+                raise UnreadableUsage(f"the usage has a negative count ({total}_details.{field}: {count})")
+        parts = details.text_tokens + details.image_tokens
         if parts != whole:
             raise UnreadableUsage(
                 f"the usage's {total}_details (text_tokens + image_tokens = {parts}) do not add up to its "

@@ -66,10 +66,12 @@ def fingerprint(key: KeyConfig) -> str:
 
 class KeyRing:
     def __init__(self, keys: Iterable[KeyConfig]) -> None:
-        self._by_digest: dict[bytes, KeyConfig] = {}
+        #: digest -> (the digest as configured, its key): the final comparison needs no decoding.
+        self._by_digest: dict[bytes, tuple[bytes, KeyConfig]] = {}
         self._by_name: dict[str, KeyConfig] = {}
         for key in keys:
-            self._by_digest[_digest_of(key)] = key
+            digest = _digest_of(key)
+            self._by_digest[digest] = (digest, key)
             self._by_name[key.name] = key
         self.digests = frozenset(self._by_digest)
 
@@ -80,15 +82,16 @@ class KeyRing:
         """Whether ``token`` is one of these keys, valid or not (admin routes tell a gateway key
         that is not an admin key from a wrong key)."""
         digest = key_digest(token)
-        key = self._by_digest.get(digest)
-        return key is not None and hmac.compare_digest(_digest_of(key), digest)
+        found = self._by_digest.get(digest)
+        return found is not None and hmac.compare_digest(found[0], digest)
 
     def authenticate(self, token: str, now: datetime | None = None) -> KeyConfig:
         """The key ``token`` is, if it is enabled and unexpired; otherwise the 401 to answer."""
         digest = key_digest(token)
-        key = self._by_digest.get(digest)
-        if key is None or not hmac.compare_digest(_digest_of(key), digest) or not key.enabled:
+        found = self._by_digest.get(digest)
+        if found is None or not hmac.compare_digest(found[0], digest) or not found[1].enabled:
             raise unauthorized("Incorrect API key provided.")
+        key = found[1]
         if key.expires_at is not None and (now or datetime.now(UTC)) >= key.expires_at:
             raise unauthorized(f"This API key expired at {key.expires_at.isoformat()}; ask for a new one.",
                                code="api_key_expired")

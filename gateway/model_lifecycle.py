@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -39,9 +40,18 @@ def parse_day(text: str) -> date:
 
 
 def default_today() -> date:
-    """The process's "today": ``OPENGATEWAY_TODAY`` when set, else the UTC date."""
+    """The process's "today": ``OPENGATEWAY_TODAY`` when set, else the UTC date (asked for by
+    every request's plan: the date is made once a day, not once a request)."""
     fixed = os.environ.get(TODAY_ENV)
-    return parse_day(fixed) if fixed else datetime.now(UTC).date()
+    return parse_day(fixed) if fixed else _utc_day(int(time.time() // 86_400))
+
+
+@functools.lru_cache(maxsize=2)
+def _utc_day(days_since_epoch: int) -> date:
+    return _EPOCH + timedelta(days=days_since_epoch)
+
+
+_EPOCH = date(1970, 1, 1)
 
 
 def status_on(lifecycle: Lifecycle | None, today: date) -> Status:
