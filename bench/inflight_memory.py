@@ -59,7 +59,8 @@ providers:
     region: bench
     settings: {{api_key: sk-bench-upstream, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
 models:
-  {model}: {{targets: [upstream]}}
+  # Pinned, as in bench/run.py: served by the fake upstream whatever its shutdown date.
+  {model}: {{targets: [upstream], pinned: true}}
 """
 
 

@@ -216,8 +216,8 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
                 return f"{s4[t]['errors']:,} ({s4[t]['completed']:,} ok)"
             if key == "processes":  # the root (supervisor, master) first, then the workers
                 return " + ".join(f"{p['peak_rss'] / 1e6:.0f}" for p in s4[t]["processes"])
-            if key == "per_request":
-                return f"{s4[t]['per_request'] / 1e3:.1f}"
+            if key in ("per_request", "per_request_in_flight"):
+                return f"{s4[t][key] / 1e3:.1f}" if key in s4[t] else "-"
             return fmt_num(s4[t][key] / 1e6)
 
         s4_cols = ["nginx", "gateway", *peers]
@@ -228,8 +228,12 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
                         judge(None if gw is None else gw["peak_rss"] <= 300e6, "S4 peak RSS"), blank="-"))
         rows.append(row(label, "peak RSS per process MB", {t: cell(t, "processes") for t in s4_cols}, {},
                         blank="-"))
-        rows.append(row(label, "KB per request over idle", {t: cell(t, "per_request") for t in s4_cols}, {},
-                        "<= 20 KB", judge(None if gw is None else gw["per_request"] <= 20e3, "S4 KB per request"),
+        # Memory per request in flight: all of them in flight, none answered yet (the issue's
+        # figure); at the peak the first wave's answers are being written as the next is sent.
+        rows.append(row(label, "KB per request in flight", {t: cell(t, "per_request_in_flight") for t in s4_cols},
+                        {}, "<= 20 KB", judge(None if gw is None else gw["per_request_in_flight"] <= 20e3,
+                                             "S4 KB per request in flight"), blank="-"))
+        rows.append(row(label, "KB per request at the peak", {t: cell(t, "per_request") for t in s4_cols}, {},
                         blank="-"))
         med["S4"] = {t: {k: v for k, v in d.items()} for t, d in s4.items()}
         if s.s4_workers_reason:
@@ -237,9 +241,11 @@ def summarize(b: Bench) -> tuple[list[list[str]], dict[str, Any], list[str], lis
         if s.s4_cap_reason:
             notes.append(s.s4_cap_reason + f" (asked for {s.s4_conns_requested:,})")
         if gw is not None:
-            notes.append(f"S4 gateway: peak RSS {gw['peak_rss'] / 1e6:.0f} MB over {gw['idle_rss'] / 1e6:.0f} MB "
-                         f"idle, for {s.s4_conns:,} requests in flight: {gw['per_request']:,.0f} bytes each "
-                         f"(per process, supervisor first: {cell('gateway', 'processes')} MB)")
+            notes.append(f"S4 gateway: {gw['in_flight_rss'] / 1e6:.0f} MB over {gw['idle_rss'] / 1e6:.0f} MB idle "
+                         f"with {s.s4_conns:,} requests in flight before the first answer "
+                         f"({gw['per_request_in_flight']:,.0f} bytes each); peak {gw['peak_rss'] / 1e6:.0f} MB "
+                         f"while they were answered and the next ones sent ({gw['per_request']:,.0f} bytes each; "
+                         f"per process, supervisor first: {cell('gateway', 'processes')} MB)")
         for t, d in s4.items():
             if d["completed"] < d["expected_at_least"] * 0.9:
                 notes.append(f"S4 {t}: only {d['completed']:,} requests completed in "

@@ -736,6 +736,11 @@ class Bench:
                                    timeout_s=max(30.0, 4 * s.s4_delay_s), label=f"S4 {t}",
                                    headers=self.headers_of(t, "slow"))
             after = rss_tree(root)
+            # Every request in flight, none answered yet: the highest sample before the upstream's
+            # delay is up (wrk opens its connections and sends at once). The peak comes later,
+            # while the first wave is answered and the next one sent.
+            before_answers = [rss for t, rss in sampler.samples if t <= s.s4_delay_s - 0.3]
+            in_flight = max(before_answers) if before_answers else sampler.peak
             # The root first (the supervisor, nginx's master), then its workers by pid.
             processes = [{"pid": pid, "idle_rss": idle_each.get(pid, 0), "peak_rss": sampler.peaks.get(pid, 0)}
                          for pid in sorted(sampler.peaks, key=lambda p: (p != root, p))]
@@ -745,11 +750,13 @@ class Bench:
                 "expected_at_least": expected, "idle_rss": idle, "peak_rss": sampler.peak,
                 "rss_after": after, "processes": processes, "workers": s.s4_workers,
                 "per_request": (sampler.peak - idle) / s.s4_conns,
+                "in_flight_rss": in_flight, "per_request_in_flight": (in_flight - idle) / s.s4_conns,
             }
             split = " + ".join(f"{p['peak_rss'] / 1e6:.0f}" for p in processes)
             log(f"S4 {t}: {res.requests:,} completed, {res.error_count} errors, peak RSS "
                 f"{sampler.peak / 1e6:.1f} MB ({split}), "
-                f"{(sampler.peak - idle) / s.s4_conns:,.0f} B per request in flight over idle")
+                f"{(sampler.peak - idle) / s.s4_conns:,.0f} B per request over idle at the peak, "
+                f"{(in_flight - idle) / s.s4_conns:,.0f} B with all in flight before the first answer")
             if t == "gateway":
                 self.stop_gateway(self.gateways["slow"])
             elif t in PEERS:
