@@ -50,8 +50,10 @@ KEPT_HEADERS = frozenset(("content-type", "retry-after", "x-should-retry", "x-up
                           "openai-processing-ms"))
 
 
-class Stored(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """An answer as a repeat gets it."""
+class Stored(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """An answer as a repeat gets it. Not tracked by the garbage collector (``gc=False``: it
+    holds no container that could lead back to it): a store keeps a day of answers, and every
+    full collection would walk them all."""
 
     status: int
     headers: dict[str, str] = {}
@@ -259,19 +261,18 @@ def replay(stored: Stored) -> web.Response:
     return web.Response(status=stored.status, body=stored.body, headers=headers)
 
 
-class _Entry:
-    __slots__ = ("fingerprint", "owner", "lock_until", "expires_at", "stored", "done", "size")
+class _Entry(msgspec.Struct, gc=False):
+    """A key in the memory store; untracked by the garbage collector, as ``Stored`` is."""
 
-    def __init__(self, fingerprint: str, owner: str, lock_until: float, expires_at: float, size: int) -> None:
-        self.fingerprint = fingerprint
-        self.owner = owner
-        self.lock_until = lock_until
-        self.expires_at = expires_at
-        self.stored: Stored | None = None
-        #: Made when a repeat waits for the first request (rarely): an Event with its deque
-        #: of waiters costs every kept key about 700 bytes.
-        self.done: asyncio.Event | None = None
-        self.size = size
+    fingerprint: str
+    owner: str
+    lock_until: float
+    expires_at: float
+    size: int
+    stored: Stored | None = None
+    #: Made when a repeat waits for the first request (rarely): an Event with its deque
+    #: of waiters costs every kept key about 700 bytes.
+    done: asyncio.Event | None = None
 
     def settled(self) -> None:
         """The first request finished or let go: wake the repeats waiting for it."""
