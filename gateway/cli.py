@@ -111,7 +111,19 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _no_system_mime_types() -> None:
+    """Before aiohttp is imported: its FileResponse builds a table of MIME types at import, from
+    the system's mime.types files when there are any (about 0.45 MB of every process). The
+    gateway serves no files; Python's own table (image/png, image/jpeg, image/webp, ...) is all
+    that a guess could need here."""
+    import mimetypes
+
+    if not mimetypes.inited:
+        mimetypes.knownfiles = []
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _no_system_mime_types()
     from gateway.listeners import CannotListen, bind_listeners
 
     for name, value in PURE_PYTHON_ENV.items():
@@ -125,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "in flight per process", before, now, now // 2)
     else:
         log.info("open files limit (RLIMIT_NOFILE): %d, about %d requests in flight per process", now, now // 2)
+    _check_plugins()
     try:
         config, keys_configured, generated_key = _load(path)
     except ConfigError as exc:
@@ -254,7 +267,16 @@ def config_problems(text: str, env: Mapping[str, str] | None = None, today: date
     return (config if not problems else None), sorted(problems, key=lambda p: p.line or 0), found
 
 
+def _check_plugins() -> None:
+    """Import every installed provider plugin once and log those that cannot be used (a worker
+    later imports only the plugins its configuration names: gateway/plugins.py)."""
+    from gateway.plugins import discover
+
+    discover()
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    _check_plugins()
     path = args.file or os.environ.get("OPENGATEWAY_CONFIG")
     if not path:
         print("check-config: no file given and OPENGATEWAY_CONFIG is not set; `opengateway serve` would "

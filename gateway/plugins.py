@@ -4,6 +4,11 @@ Built-in providers are registered in the gateway's own ``setup.cfg`` through thi
 so the third-party path is the only path. A plugin that fails to import, is not a Provider, or
 was written for another contract version is recorded with the reason and skipped; it only
 stops the gateway if the config uses it.
+
+``discover`` imports every plugin and logs those that cannot be used: ``opengateway plugins``
+and ``serve`` (once, before any worker starts) call it. ``provider_class`` imports only the
+plugin asked for, so a worker holds the plugins its configuration uses and no others (each
+unused one would cost it a few hundred KB).
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def discover() -> dict[str, PluginInfo]:
     Read once per process: installing or removing a plugin takes effect at the next start.
     """
     found: dict[str, PluginInfo] = {}
-    for ep in importlib.metadata.entry_points(group=GROUP):
+    for ep in _entry_points():
         info = _load(ep)
         if info.name in found and found[info.name].ok:
             log.warning("provider %r from %s ignored: %s already provides it",
@@ -90,11 +95,29 @@ def discover() -> dict[str, PluginInfo]:
     return found
 
 
+@functools.cache
+def _entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    return tuple(importlib.metadata.entry_points(group=GROUP))
+
+
+@functools.cache
+def _named(name: str) -> PluginInfo | None:
+    """The plugin ``name``, importing only its entry points: the first that loads wins, as in
+    ``discover``; None when no entry point has that name."""
+    info = None
+    for ep in _entry_points():
+        if ep.name == name:
+            info = _load(ep)
+            if info.ok:
+                break
+    return info
+
+
 def provider_class(name: str) -> type[Provider]:
     """The class for a plugin the config uses, or a LookupError that says how to fix it."""
-    info = discover().get(name)
+    info = _named(name)
     if info is None:
-        known = ", ".join(sorted(discover())) or "none"
+        known = ", ".join(sorted({ep.name for ep in _entry_points()})) or "none"
         raise LookupError(f"no provider plugin named '{name}' is installed (installed: {known}); "
                           f"install the distribution that provides it, e.g. `pip install <its package>`, "
                           f"and check `opengateway plugins`")

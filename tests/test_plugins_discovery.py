@@ -209,3 +209,14 @@ models:
         assert "ZeroDivisionError" in gateway.log()
     finally:
         await gateway.close()
+
+
+def test_a_worker_imports_only_the_plugins_its_configuration_uses() -> None:
+    """``provider_class`` imports the plugin asked for and no other (``discover``, which imports
+    them all and logs the broken ones, runs once in ``serve`` before any worker starts): an
+    unused plugin costs a worker nothing."""
+    code = ("import sys; from gateway.plugins import provider_class; provider_class('openai'); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('plugins.'))))")
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["plugins.openai"]
