@@ -98,12 +98,12 @@ async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: Req
     record.first_event_s = routed.first_event_at - record.arrived_at
     usage: Usage | None = None
     written = 0
-    event = routed.first
+    event, head = routed.first, routed.first_head  # the first was read by the router
     rest = runtime.router.follow(routed)
     doubt = _doubt(runtime, plan, record)  # attempts before this one that may have been billed
     try:
         while event is not None:
-            head = streaming.read_event(event)
+            head = head or streaming.read_event(event)
             if streaming.is_completed(event.type):
                 usage = streaming.add_usage(usage, head.usage)
                 record.images += 1
@@ -118,7 +118,7 @@ async def _relay(request: web.Request, runtime: Runtime, plan: Plan, record: Req
             else:
                 record.partial_images += 1
                 written += await out.event(event.type, event.data)
-            event = await anext(rest, None)
+            event, head = await anext(rest, None), None
     except ProviderError as exc:  # an invalid event: the upstream's fault, after the stream began
         await rest.aclose()
         attempt = routed.attempt

@@ -340,8 +340,8 @@ async def openai_stream(answer: StreamingAnswer,
     async for name, data in answer.events():
         if data == b"[DONE]":
             return
-        try:
-            head = _event_head.decode(skeleton(data))
+        try:  # its base64 is checked by the gateway, once (gateway/streaming.py read_event)
+            head = _event_head.decode(skeleton(data, check=False))
         except (msgspec.DecodeError, RecursionError):
             raise ProviderError("The upstream sent a stream event that is not a JSON object.", status=502,
                                 code="invalid_upstream_response", retryable=True) from None

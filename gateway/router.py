@@ -31,7 +31,7 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.provider import Call, EditInputs, ImageResult, ProviderError, StreamEvent
 from gateway.redact import Redactor
 from gateway.registry import Target
-from gateway.streaming import completed_events, iterate
+from gateway.streaming import EventHead, completed_events, iterate, read_event
 from gateway.tracing_context import CURRENT as TRACE
 from gateway.upstream import parse_upstream
 
@@ -71,9 +71,11 @@ class Routed(msgspec.Struct):
     #: A whole answer (a request that does not stream, or a target that cannot).
     result: ImageResult | None = None
     parsed: UpstreamImagesResponse | None = None
-    #: A stream: its first event, already received, and the rest (``Router.follow``).
+    #: A stream: its first event, already received and read (``first_head``: read once, here,
+    #: so that an invalid first event is a failed attempt), and the rest (``Router.follow``).
     first: StreamEvent | None = None
     events: AsyncIterator[StreamEvent] | None = None
+    first_head: EventHead | None = None
     #: When the first event arrived (``time.perf_counter``), and the request's deadline (router clock).
     first_event_at: float = 0.0
     deadline: float = 0.0
@@ -105,7 +107,7 @@ class RouterTiming(NamedTuple):
 
 
 _Answer = tuple[ImageResult | None, UpstreamImagesResponse | None, StreamEvent | None,
-                AsyncIterator[StreamEvent] | None]
+                AsyncIterator[StreamEvent] | None, EventHead | None]
 
 
 def _plugin_failed(target: Target, exc: Exception) -> ProviderError:
@@ -286,9 +288,9 @@ class Router:
         breaker.succeeded()
         attempt = _attempt(target, "succeeded", clock() - started, 200, notes=call.notes)
         walk.attempts.append(attempt)
-        result, parsed, first, events = answer
-        return Routed(target, walk.attempts, attempt, result, parsed, first, events, time.perf_counter(),
-                      walk.deadline)
+        result, parsed, first, events, first_head = answer
+        return Routed(target, walk.attempts, attempt, result, parsed, first, events, first_head,
+                      time.perf_counter(), walk.deadline)
 
     def _scrub(self, exc: ProviderError, target: Target) -> None:
         """Make an upstream's error text safe to show the client. A refused credential (401, 403)
@@ -322,10 +324,11 @@ class Router:
                 try:
                     async with asyncio.timeout(call.timeout_s):
                         first = await anext(events)
+                    head = read_event(first)
                 except BaseException:
                     await _close(events)
                     raise
-                return None, None, first, events
+                return None, None, first, events, head
             if provider.bounds_its_time:
                 result = await (provider.generate(request, call) if inputs is None
                                 else provider.edit(request, inputs, call))
@@ -348,7 +351,7 @@ class Router:
             raise _plugin_failed(target, exc) from None
         parsed = parse_upstream(result.body)
         if not request.stream:
-            return result, parsed, None, None
+            return result, parsed, None, None, None
         # A streaming request on a target that cannot stream: its answer as completed events.
         if request.partial_images:
             call.note(NO_PARTIAL_IMAGES)
@@ -356,7 +359,7 @@ class Router:
         if not whole:
             raise ProviderError("The upstream answered with no image.", status=502,
                                 code="invalid_upstream_response", retryable=True)
-        return result, parsed, whole[0], iterate(whole[1:])
+        return result, parsed, whole[0], iterate(whole[1:]), read_event(whole[0])
 
     async def follow(self, routed: Routed) -> AsyncGenerator[StreamEvent, None]:
         """The rest of a stream after its first event. Each event must come within the attempt

@@ -62,7 +62,8 @@ def is_completed(event_type: str) -> bool:
 def completed_events(result: ImageResult, parsed: UpstreamImagesResponse, kind: str) -> list[StreamEvent]:
     """A non-streaming answer as completed events: one per image, the answer's usage on the last
     (so that summing the events' usage counts it once)."""
-    body = msgspec.json.decode(skeleton(result.body))  # the small fields only; the images stay raw
+    # The small fields only; the images stay raw (checked by parse_upstream already).
+    body = msgspec.json.decode(skeleton(result.body, check=False))
     created = parsed.created if parsed.created is not None else int(time.time())
     common = {key: body[key] for key in ("size", "quality", "background", "output_format") if key in body}
     events = []

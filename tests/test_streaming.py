@@ -127,6 +127,35 @@ models:
                                                               ("openai/gpt-image-1-mini", "succeeded")]
 
 
+async def test_an_invalid_first_event_falls_back_and_each_event_is_checked_once(
+        make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first event whose b64_json is not base64 is a failed attempt (the router reads it before
+    the stream is committed), and every event's base64 is scanned once on its way through, not
+    once by the plugin's helper and again by the gateway."""
+    import gateway.upstream
+
+    scanned: list[int] = []
+    scan = gateway.upstream._outside_base64
+
+    def counting(body: bytes, start: int, end: int) -> bytes:
+        scanned.append(end - start)
+        return scan(body, start, end)
+    monkeypatch.setattr(gateway.upstream, "_outside_base64", counting)
+    client = await make_client("""
+router: {max_attempts_per_target: 1}
+models:
+  openai/gpt-image-1: {targets: [openai-main], fallbacks: [openai/gpt-image-1-mini]}
+  openai/gpt-image-1-mini: {targets: [openai-main]}
+""")
+    upstream.script("gpt-image-1", streamed(b64="iVBORw0K*not-base64*"))
+    events = await collect(client, model="openai/gpt-image-1", partial_images=1)
+    assert [e.type for e in events] == ["image_generation.partial_image", "image_generation.completed"]
+    attempts = events[-1].model_extra["extra"]["routing"]["attempts"]
+    assert [(a["model"], a["status"], a.get("error_code")) for a in attempts] == [
+        ("openai/gpt-image-1", "failed", "invalid_upstream_response"), ("openai/gpt-image-1-mini", "succeeded", None)]
+    assert len(scanned) == 3  # the refused first event, then the two events relayed
+
+
 @pytest.mark.parametrize("failure", ["reset", "error event"])
 async def test_a_failure_after_the_first_event_ends_the_stream_with_an_error(
         make_client: Any, upstream: FakeUpstream, failure: str) -> None:
