@@ -305,17 +305,28 @@ def tail(path: Path | None, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
+#: Every port free_ports has handed out in this process: the kernel may give a port that was bound
+#: and released a moment ago to the next bind, and two servers told the same port collide (nginx:
+#: "duplicate listen options").
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports that are free now, distinct from each other and from every port
+    this process was handed before."""
     socks, ports = [], []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
+            socks.append(s)  # held until the end, so the kernel cannot give it again in this call
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                ports.append(port)
     finally:
         for s in socks:
             s.close()
+    _handed_out.update(ports)
     return ports
 
 
