@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import hashlib
 import json
 import linecache
 import os
@@ -46,22 +45,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR))
 
-from procs import API_PATH, BENCH_KEY, FAKE_UPSTREAM, MODEL, free_ports, raise_nofile  # noqa: E402
+from procs import API_PATH, BENCH_KEY, FAKE_UPSTREAM, MODEL, free_ports, gateway_conf, raise_nofile  # noqa: E402
 
-CONF = """\
-server: {{host: 127.0.0.1, port: {port}, access_log: {access_log}}}
-keys:
-  - name: bench
-    hash: "sha256:{key_hash}"
-providers:
-  - id: upstream
-    plugin: openai
-    region: bench
-    settings: {{api_key: sk-bench-upstream, base_url: "http://127.0.0.1:{upstream_port}/v1"}}
-models:
-  # Pinned, as in bench/run.py: served by the fake upstream whatever its shutdown date.
-  {model}: {{targets: [upstream], pinned: true}}
-"""
 
 
 def status_kb() -> dict[str, int]:
@@ -213,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         assert upstream.stdout is not None
         upstream.stdout.readline()  # READY <port>
         conf = tmp / "gateway.yaml"
-        conf.write_text(CONF.format(port=port, key_hash=hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
-                                    upstream_port=upstream_port, model=MODEL,
-                                    access_log="false" if args.no_access_log else "true"))
+        conf.write_text(gateway_conf(port, upstream_port, access_log=not args.no_access_log))
         body = tmp / "body.json"
         body.write_text(json.dumps({"model": MODEL, "prompt": "A small red cube on a white background.",
                                     "size": "1024x1024", "quality": "medium"}))
