@@ -663,6 +663,13 @@ class HTTPClient:
         deadlines, not a Timeout context or a timer per call) and give the connection back once
         the answer is done (``_Connection.answered``, run before the caller resumes: a future's
         callbacks run in the order they were added)."""
+        if call is not None and answer.done():
+            # Answered while its body was still going out (an upstream may answer an upload with
+            # a 401 or 413 after its head): the caller has its answer, and ``call.settled`` ran
+            # before this connection was the call's; give the connection back now it is sent.
+            call.task = None
+            self._answered(conn, answer)
+            return
         if deadline is not None:
             deadlines = self._deadlines
             if deadlines is None:

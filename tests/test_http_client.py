@@ -527,3 +527,61 @@ async def test_answers_of_every_framing_after_an_interim_one_keep_their_own_list
         assert "Content-Encoding" not in headers
     assert server.connections == 1 and http_client._NO_LIST == []
     await client.close()
+
+
+class _Parts:
+    """A request body sent in pieces (the Payload protocol gateway/form.py implements)."""
+
+    def __init__(self, size: int, piece: int = 65_536) -> None:
+        self.size, self.piece = size, piece
+
+    @property
+    def content_length(self) -> int:
+        return self.size
+
+    def parts(self):  # type: ignore[no-untyped-def]
+        for at in range(0, self.size, self.piece):
+            yield b"x" * min(self.piece, self.size - at)
+
+
+async def test_an_answer_before_the_whole_upload_frees_the_connection_once_it_is_sent(serve) -> None:
+    """An upstream may answer (a 401, a 413) as soon as it has read the head of an upload, and
+    read the rest of it afterwards: the caller gets that answer at once, and the connection is
+    given back once the upload has gone out, not held for ever."""
+    uploaded = asyncio.Event()
+    refused = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            writer.write(refused if length > 2 else OK)
+            await writer.drain()
+            await reader.readexactly(length)
+            if length > 2:
+                uploaded.set()
+        writer.close()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = HTTPClient(limit=1)
+    url = f"http://127.0.0.1:{port}/v1/images/edits"
+    try:
+        status, _, body = await client.request("POST", url, _Parts(8 << 20), {}, timeout_s=10)
+        assert (status, body) == (401, b"{}")
+        await asyncio.wait_for(uploaded.wait(), 10)
+        for _ in range(100):  # the client's task writes the upload's last pieces, then gives the connection back
+            if client.in_use == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert client.in_use == 0
+        # The pool (one connection at most) serves the next call.
+        assert (await client.post(url, b"{}", {}, timeout_s=5))[0] == 200
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
