@@ -74,6 +74,11 @@ class KeyLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     spend_usd_per_day: Usd | None = None
     spend_usd_per_month: Usd | None = None
 
+    @property
+    def spends(self) -> bool:
+        """Whether a spend limit is set: each request then reserves its worst case and settles it."""
+        return self.spend_usd_per_day is not None or self.spend_usd_per_month is not None
+
 
 class KeyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A gateway key: only its SHA-256 hash is stored (``opengateway keys create`` prints it)."""

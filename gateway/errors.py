@@ -6,7 +6,7 @@ keys present, as OpenAI sends it; routing failures add ``extra.routing.attempts`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import msgspec
 from aiohttp import web
@@ -136,6 +136,11 @@ class ServiceUnavailable(GatewayError):
     code = "service_unavailable"
 
 
+def quoted_or(values: Iterable[str]) -> str:
+    """``'a' or 'b' or 'c'``: how the gateway's messages offer alternatives."""
+    return " or ".join(f"'{v}'" for v in values)
+
+
 def model_not_found(model: str) -> NotFound:
     return NotFound(
         f"The model '{model}' does not exist or you do not have access to it.",
@@ -154,7 +159,7 @@ def model_does_not_exist(model: str) -> InvalidRequest:
 def model_shut_down(model: str, shutdown: str, successors: tuple[str, ...]) -> NotFound:
     """A model every deployment of which is past its shutdown: OpenAI's 404 ``model_not_found``,
     naming the day and the replacements its providers recommend."""
-    instead = (" Use " + " or ".join(f"'{s}'" for s in successors) + " instead.") if successors else ""
+    instead = f" Use {quoted_or(successors)} instead." if successors else ""
     return NotFound(f"The model '{model}' does not exist or you do not have access to it: it was shut "
                     f"down on {shutdown}.{instead}", param="model", code="model_not_found")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 import msgspec
 
 from gateway.catalog import Lifecycle
+from gateway.errors import quoted_or
 
 if TYPE_CHECKING:
     from gateway.registry import ModelRoute, Registry, Target
@@ -120,7 +121,7 @@ class ShutdownNotice(msgspec.Struct, frozen=True):
         return self.days_left <= 0
 
     def __str__(self) -> str:
-        instead = f"; the provider recommends {_or(self.successors)}" if self.successors else ""
+        instead = f"; the provider recommends {quoted_or(self.successors)}" if self.successors else ""
         if self.past:
             then = ("it is pinned (models.{m}.pinned), so it is still sent upstream" if self.pinned else
                     "requests for it are skipped on this target (404 model_not_found once no target serves it)")
@@ -130,8 +131,6 @@ class ShutdownNotice(msgspec.Struct, frozen=True):
                 f"in {self.days_left} day{'s' if self.days_left != 1 else ''}{instead}")
 
 
-def _or(ids: tuple[str, ...]) -> str:
-    return " or ".join(f"'{i}'" for i in ids)
 
 
 def notices(registry: Registry, today: date, within_days: int = WARN_DAYS) -> list[ShutdownNotice]:

@@ -14,7 +14,7 @@ import msgspec
 
 from gateway.catalog import Capabilities, Lifecycle, Price, openai_image_models
 from gateway.config import Config, ConfigError, KeyConfig, Problem, validation_problem
-from gateway.errors import InvalidRequest, model_does_not_exist
+from gateway.errors import InvalidRequest, model_does_not_exist, quoted_or
 from gateway.keyring import may_use
 from gateway.plugins import provider_class
 from gateway.provider import Provider
@@ -153,11 +153,11 @@ class Registry:
                 return self.models[owned[0]]
             if len(owned) > 1 and self.config.bare_model_ids == "resolve":
                 raise InvalidRequest(
-                    f"The model '{model}' is ambiguous: it may be {_or(owned)}. Send the full owner/model id.",
+                    f"The model '{model}' is ambiguous: it may be {quoted_or(owned)}. Send the full owner/model id.",
                     param="model", code="invalid_value")
             if owned:
                 raise InvalidRequest(
-                    f"Invalid model id '{model}': model ids take the form owner/model. Use {_or(owned)} instead.",
+                    f"Invalid model id '{model}': model ids take the form owner/model. Use {quoted_or(owned)} instead.",
                     param="model", code="invalid_value")
         raise model_does_not_exist(model)
 
@@ -171,10 +171,6 @@ class Registry:
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
-
-
-def _or(ids: list[str]) -> str:
-    return " or ".join(f"'{i}'" for i in ids)
 
 
 def _with_extra_fields(caps: Capabilities, extra_fields: list[str]) -> Capabilities:

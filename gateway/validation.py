@@ -18,7 +18,7 @@ import msgspec.inspect as mi
 
 from gateway.api import ImageRequest
 from gateway.catalog import Capabilities
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, quoted_or
 from gateway.uploads import EditInputs
 
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
@@ -36,10 +36,8 @@ _OPENAI_ORDER: dict[str, tuple[str, ...]] = {
 #: What a value of the wrong type in an enum field is told it should have been (GPT Image's values,
 #: whatever the model: the type is checked before the model is known).
 _TYPE_ENUMS: dict[str, tuple[str, ...]] = {
+    **{param: _OPENAI_ORDER[param] for param in ("background", "output_format", "moderation")},
     "quality": ("low", "medium", "high", "auto"),
-    "background": ("transparent", "opaque", "auto"),
-    "output_format": ("png", "webp", "jpeg"),
-    "moderation": ("auto", "low"),
 }
 
 _decoder = msgspec.json.Decoder(ImageRequest)
@@ -256,12 +254,11 @@ def _openai_order(param: str, allowed: tuple[str, ...]) -> list[str]:
     order = _OPENAI_ORDER.get(param)
     if order is None:
         return list(allowed)
-    known = [v for v in order if v in allowed and v != "auto"]
+    known = [v for v in order if v in allowed]  # 'auto' where OpenAI puts it (first for moderation)
     others = [v for v in allowed if v not in order]
-    last = ["auto"] if "auto" in allowed else []
-    if order[0] == "auto":  # moderation: 'auto' and 'low'
-        return last + known + others
-    return known + others + last
+    if known and known[-1] == "auto":
+        return known[:-1] + others + ["auto"]
+    return known + others
 
 
 def _supported(param: str, value: object, allowed: tuple[str, ...]) -> InvalidRequest:
@@ -343,12 +340,12 @@ def capability_error(req: ImageRequest, caps: Capabilities, inputs: EditInputs |
             return InvalidRequest("Transparent backgrounds are not supported by this model.",
                                   param="background", code="invalid_value")
         return InvalidRequest(
-            f"Transparent background requires output_format {_or(caps.transparent_formats)}, "
+            f"Transparent background requires output_format {quoted_or(caps.transparent_formats)}, "
             f"but got '{fmt}'.", param="background", code="invalid_value")
     if req.output_compression is not None and fmt not in caps.compression_formats:
         return InvalidRequest(
             f"Invalid value for 'output_compression': compression applies only to "
-            f"{_or(caps.compression_formats)} output, but output_format is '{fmt}'.",
+            f"{quoted_or(caps.compression_formats)} output, but output_format is '{fmt}'.",
             param="output_compression", code="invalid_value")
     return None
 
@@ -369,10 +366,6 @@ def _edit_error(req: ImageRequest, caps: Capabilities, inputs: EditInputs) -> In
         if req.input_fidelity not in caps.input_fidelities:
             return _supported("input_fidelity", req.input_fidelity, caps.input_fidelities)
     return None
-
-
-def _or(values: tuple[str, ...]) -> str:
-    return " or ".join(f"'{v}'" for v in values)
 
 
 #: How OpenAI words a size gpt-image-2's rule refuses (type ``image_generation_user_error``). The

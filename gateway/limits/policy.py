@@ -68,14 +68,13 @@ class Decision(msgspec.Struct, kw_only=True):
 def make_plan(key: str, limits: KeyLimits, images: int, slot_lease_s: float,
               now: datetime | None = None, reserve_usd: float | None = None) -> Plan:
     now = now or datetime.now(UTC)
-    spends = limits.spend_usd_per_day is not None or limits.spend_usd_per_month is not None
     day_end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
     month_end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
     return Plan(
         key=key, requests_per_minute=limits.requests_per_minute, images_per_minute=limits.images_per_minute,
         images=images, concurrent_requests=limits.concurrent_requests, slot_lease_s=slot_lease_s,
         spend_day_micro=_micro(limits.spend_usd_per_day), spend_month_micro=_micro(limits.spend_usd_per_month),
-        reserve_micro=round(reserve_usd * MICRO_USD) if spends and reserve_usd else 0,
+        reserve_micro=round(reserve_usd * MICRO_USD) if limits.spends and reserve_usd else 0,
         day=now.strftime("%Y%m%d"), month=now.strftime("%Y%m"),
         day_reset_s=(day_end - now).total_seconds(), month_reset_s=(month_end - now).total_seconds())
 

@@ -44,7 +44,7 @@ async def _limited(request: web.Request, handler: Handler, key: KeyConfig) -> we
     assert key.limits is not None
     runtime = request[RUNTIME]
     config = runtime.config
-    spends = key.limits.spend_usd_per_day is not None or key.limits.spend_usd_per_month is not None
+    spends = key.limits.spends
     planned = request[PLAN]
     reserve_usd = None
     if spends:  # the dearest model among those that may answer (skipped candidates never do)
