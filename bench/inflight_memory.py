@@ -48,7 +48,6 @@ sys.path.insert(0, str(REPO_DIR))
 from procs import API_PATH, BENCH_KEY, FAKE_UPSTREAM, MODEL, free_ports, gateway_conf, raise_nofile  # noqa: E402
 
 
-
 def status_kb() -> dict[str, int]:
     out = {}
     with open("/proc/self/status") as f:

@@ -71,7 +71,6 @@ def log(msg: str) -> None:
     print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Tools
 

@@ -352,7 +352,6 @@ idempotency: {ttl_s: 60, max_total_bytes: 2147483648}
 MAX_S4_WORKERS = 4
 
 
-
 class Bench:
     def __init__(self, args: argparse.Namespace, s: Settings, nginx: str, wrk: str) -> None:
         self.args, self.s = args, s
@@ -506,8 +505,8 @@ class Bench:
     def start_gateway(self, name: str, upstream: Upstream, workers: int | None = None) -> Gateway:
         g = Gateway(name, upstream, port=free_ports(1)[0])
         g.conf = self.tmp / f"gateway-{name}.yaml"
-        g.conf.write_text(gateway_conf(g.port, upstream.port, upload_memory_bytes=self.s.gateway_upload_memory_bytes)
-            + (KEYED_CONF if name == "keyed" else ""))
+        conf = gateway_conf(g.port, upstream.port, upload_memory_bytes=self.s.gateway_upload_memory_bytes)
+        g.conf.write_text(conf + (KEYED_CONF if name == "keyed" else ""))
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(g.conf),
                 "--host", "127.0.0.1", "--port", str(g.port)]
         workers = workers or self.s.workers

@@ -86,8 +86,6 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
     return 0
 
 
-
-
 #: Set for every serving process (before aiohttp is imported), unless the environment sets it:
 #: frozenlist's compiled module (aiohttp's lists of middlewares and signal receivers, read once
 #: per request at most) is C++, and loading libstdc++ costs a process about 1 MB of RSS.

@@ -570,19 +570,6 @@ OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.ht
 OTEL_INSTALL = "pip install 'opengateway[otel]'"
 
 
-def otel_missing() -> str | None:
-    """The first OpenTelemetry module that cannot be imported, or None when the extra is installed."""
-    from importlib.util import find_spec
-
-    for name in OTEL_MODULES:
-        try:
-            if find_spec(name) is None:
-                return name
-        except ImportError:  # a parent package is missing
-            return name
-    return None
-
-
 def _check_tracing(tracing: TracingConfig) -> list[Problem]:
     from yarl import URL
 
@@ -604,12 +591,19 @@ def _check_tracing(tracing: TracingConfig) -> list[Problem]:
 
 
 def otel_missing_problem() -> Problem | None:
-    """``tracing.enabled`` without the OpenTelemetry packages, as a problem that says how to install them."""
-    missing = otel_missing()
-    if missing is None:
-        return None
-    return Problem("$.tracing.enabled", f"tracing needs the OpenTelemetry packages ({missing} is not installed): "
-                                        f"{OTEL_INSTALL}")
+    """``tracing.enabled`` without the OpenTelemetry packages (the first module of ``OTEL_MODULES``
+    that cannot be imported), as a problem that says how to install them; None when installed."""
+    from importlib.util import find_spec
+
+    for missing in OTEL_MODULES:
+        try:
+            if find_spec(missing) is not None:
+                continue
+        except ImportError:  # a parent package is missing
+            pass
+        return Problem("$.tracing.enabled",
+                       f"tracing needs the OpenTelemetry packages ({missing} is not installed): {OTEL_INSTALL}")
+    return None
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:

@@ -131,8 +131,6 @@ class ShutdownNotice(msgspec.Struct, frozen=True):
                 f"in {self.days_left} day{'s' if self.days_left != 1 else ''}{instead}")
 
 
-
-
 def notices(registry: Registry, today: date, within_days: int = WARN_DAYS) -> list[ShutdownNotice]:
     """Every deployment of a configured model (the config's ``models:``) that is past, or within
     ``within_days`` of, its shutdown. Bundled defaults (no ``models:`` section) are not warned
@@ -148,7 +146,7 @@ def notices(registry: Registry, today: date, within_days: int = WARN_DAYS) -> li
             if lifecycle is None or lifecycle.shutdown is None or lifecycle.shutdown > horizon:
                 continue
             out.append(ShutdownNotice(model_id, target.instance, target.plugin, lifecycle.shutdown,
-                               (lifecycle.shutdown - today).days, lifecycle.successors, route.pinned))
+                                      (lifecycle.shutdown - today).days, lifecycle.successors, route.pinned))
     return out
 
 

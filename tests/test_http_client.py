@@ -452,8 +452,6 @@ async def test_a_compressed_answer_that_times_out_stops_inflating(serve) -> None
     await client.close()
 
 
-
-
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 def test_upstream_sockets_have_nagle_off(loop_name: str) -> None:
     """The client leaves TCP_NODELAY to the event loop: asyncio's and uvloop's TCP transports set
