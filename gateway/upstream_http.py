@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 
-from gateway.http_client import BodyStream, HTTPClient, Payload, ResponseTooLarge, UpstreamProtocolError, was_sent
+from gateway.http_client import HTTPClient
+from gateway.http_connection import BodyStream, Payload, ResponseTooLarge, UpstreamProtocolError, was_sent
 from gateway.provider_error import ProviderError
 from gateway.sse import sse_events
 from gateway.tracing_context import CURRENT

@@ -15,7 +15,8 @@ from typing import Callable
 import pytest
 import trustme
 
-from gateway.http_client import HTTPClient, ResponseTooLarge, UpstreamProtocolError
+from gateway.http_client import HTTPClient
+from gateway.http_connection import ResponseTooLarge, UpstreamProtocolError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nx-request-id: r1\r\n\r\n{\"ok\":true}"
 
@@ -275,8 +276,10 @@ async def test_timeout_bounds_the_answer_and_the_wait_for_a_connection(serve) ->
 async def test_a_closed_connection_is_freed_without_the_garbage_collector(serve) -> None:
     import gc
 
+    from gateway.http_connection import Connection
+
     def connections() -> int:
-        return sum(1 for o in gc.get_objects() if type(o).__name__ == "_Connection")
+        return sum(1 for o in gc.get_objects() if type(o) is Connection)
 
     server = await serve(OK.replace(b"Content-Length: 11\r\n", b"Content-Length: 11\r\nConnection: close\r\n"))
     client = HTTPClient()
@@ -507,9 +510,9 @@ async def test_calls_time_out_on_their_own_deadlines(serve) -> None:
 
 async def test_answers_of_every_framing_after_an_interim_one_keep_their_own_lists(serve) -> None:
     """Between answers a connection's header and body lists are one shared empty list
-    (http_client._NO_LIST), and each answer gets its own when it begins, an answer that follows a
+    (http_connection._NO_LIST), and each answer gets its own when it begins, an answer that follows a
     ``100 Continue`` included: the shared list stays empty whatever the framing."""
-    from gateway import http_client
+    from gateway import http_connection
 
     body = b'{"ok":true}'
     interim = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -523,7 +526,7 @@ async def test_answers_of_every_framing_after_an_interim_one_keep_their_own_list
         status, headers, answer = await client.post(url, b"{}", {}, timeout_s=5)
         assert (status, answer) == (200, body)
         assert "Content-Encoding" not in headers
-    assert server.connections == 1 and http_client._NO_LIST == []
+    assert server.connections == 1 and http_connection._NO_LIST == []
     await client.close()
 
 
