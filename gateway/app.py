@@ -22,7 +22,8 @@ from gateway.access_log import AccessLog
 from gateway.appkeys import (ACCESS_LOG, BODY, CAPTURE, CORS_HEADERS, DASHBOARD_SESSIONS, DETACHED, HTTP_CLIENT,
                              IDEMPOTENCY, LIFECYCLE, LIMIT_HEADERS, LIMITS, OBSERVERS, PLAN, RECORD, RELOADER,
                              RESOURCES, RUNTIME, RUNTIME_REF, STATS, TRACING)
-from gateway.config import Config, ConfigError, otel_missing_problem
+from gateway.config import Config, ConfigError
+from gateway.config_load import otel_missing_problem
 from gateway.dashboard import views as dashboard
 from gateway.dashboard.session import Sessions
 from gateway.dashboard.stats import Stats

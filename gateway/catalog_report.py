@@ -13,7 +13,8 @@ from typing import Callable, TypeVar
 import msgspec
 
 from gateway.catalog import Capabilities, Price, openai_image_models
-from gateway.config import Config, ConfigError, config_from_env, load_config
+from gateway.config import Config, ConfigError
+from gateway.config_load import config_from_env, load_config
 from gateway.model_lifecycle import WARN_DAYS, ShutdownNotice, default_today, notices, parse_day, status_on
 from gateway.registry import Registry, Target
 

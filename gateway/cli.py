@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Mapping
 
 from gateway import LOG_FORMAT, __version__
 from gateway.listeners import Listeners
-from gateway.config import (Config, ConfigError, Problem, config_from_env, inspect_config, load_config, related,
-                            with_lines)
+from gateway.config import Config, ConfigError, Problem
+from gateway.config_load import config_from_env, inspect_config, load_config, related, with_lines
 
 if TYPE_CHECKING:
     from gateway.model_lifecycle import ShutdownNotice
@@ -60,7 +60,7 @@ def _serve_worker(args: argparse.Namespace, path: str | None) -> int:
     the supervisor hands over its control channel (gateway/control.py)."""
     import socket
 
-    from gateway.config import parse_config
+    from gateway.config_load import parse_config
     from gateway.control import read_first
     from gateway.listeners import Listeners
     from gateway.server import WorkerStart, install_uvloop, serve

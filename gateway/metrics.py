@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
+from gateway.metrics_dir import PROMETHEUS_DIR_ENV
 from gateway.model_lifecycle import shutdown_timestamp_s
 from gateway.record import RequestRecord
 
@@ -50,9 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opengateway.metrics")
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Read once, as prometheus-client itself does when it picks its value class at import.
-MULTIPROCESS = MULTIPROCESS_ENV in os.environ
+MULTIPROCESS = PROMETHEUS_DIR_ENV in os.environ
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
 
 # ``*_created`` series double the output and nothing here reads them.

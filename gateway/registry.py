@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 from gateway.catalog import Capabilities, Lifecycle, Price, openai_image_models
-from gateway.config import Config, ConfigError, KeyConfig, Problem, validation_problem
+from gateway.config import Config, ConfigError, KeyConfig, Problem
+from gateway.config_load import validation_problem
 from gateway.errors import InvalidRequest, model_does_not_exist, quoted_or
 from gateway.keyring import may_use
 from gateway.plugins import provider_class

@@ -20,7 +20,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from gateway.config import ConfigError, Problem, parse_config
+from gateway.config import ConfigError, Problem
+from gateway.config_load import parse_config
 from gateway.control import Outcome
 from gateway.control import Problem as WireProblem
 from gateway.registry import Registry

@@ -40,6 +40,7 @@ import time
 from collections import deque
 
 from gateway import LOG_FORMAT
+from gateway.metrics_dir import PROMETHEUS_DIR_ENV, mark_process_dead, prepare_metrics_dir, remove_metrics_dir
 from gateway.supervisor_loop import LineChannel, Loop, Timer
 
 TYPE_CHECKING = False  # the typing module is not imported at run time (the supervisor stays lean)
@@ -80,8 +81,6 @@ class _Log:
 
 log = _Log()
 
-#: The variable prometheus_client reads (gateway.metrics.MULTIPROCESS_ENV; not imported here).
-PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUPERVISOR_PID_ENV = "OPENGATEWAY_SUPERVISOR_PID"
 #: Restart backoff: doubles on each crash in a row, reset once a worker has stayed up a while.
 RESTART_BACKOFF_MIN_S = 0.5
@@ -168,56 +167,6 @@ class _Slot:
         self.exit_codes: list[int] = []
         self.started_at = 0.0
         self.restart: Timer | None = None
-
-
-def prepare_metrics_dir(env: dict[str, str]) -> tuple[str, bool]:
-    """The multiprocess metrics directory, emptied (values left by an earlier run would be summed),
-    and whether we created it (and so remove it at exit)."""
-    path = env.get(PROMETHEUS_DIR_ENV)
-    if path:
-        os.makedirs(path, exist_ok=True)
-        for name in os.listdir(path):
-            if name.endswith(".db"):
-                os.unlink(os.path.join(path, name))
-        return path, False
-    base = next((env[v] for v in ("TMPDIR", "TEMP", "TMP") if env.get(v)), "/tmp")
-    for _ in range(100):  # as tempfile.mkdtemp does, without importing it
-        path = os.path.join(base, "opengateway-metrics-" + os.urandom(6).hex())
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        return path, True
-    raise FileExistsError(f"no free name for the metrics directory in {base}")
-
-
-def remove_metrics_dir(path: str) -> None:
-    """The directory we created: only the workers' flat ``.db`` files are in it."""
-    try:
-        for name in os.listdir(path):
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-def mark_process_dead(pid: int, metrics_dir: str) -> None:
-    """What ``prometheus_client.multiprocess.mark_process_dead`` does, without importing it: a dead
-    worker's live gauges (the multiprocess modes named ``live...``: its in-flight requests) stop
-    counting, so its ``gauge_live<mode>_<pid>.db`` files are removed. Its counters, histograms
-    and other gauges stay: the totals keep what it counted. (tests/test_supervisor.py checks that
-    both remove the same files.)"""
-    suffix = f"_{pid}.db"
-    try:
-        names = os.listdir(metrics_dir)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith("gauge_live") and name.endswith(suffix) and "_" not in name[6:-len(suffix)]:
-            try:
-                os.unlink(os.path.join(metrics_dir, name))
-            except FileNotFoundError:
-                pass
 
 
 def _refused(of: int, path: str, message: str) -> Message:

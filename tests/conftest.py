@@ -15,7 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.config import Config, key_hash, parse_config
+from gateway.config import Config, key_hash
+from gateway.config_load import parse_config
 from gateway.model_lifecycle import TODAY_ENV
 from gateway.router import RouterTiming
 from tests.fake_upstream import FakeUpstream
@@ -89,7 +90,7 @@ def make_client(aiohttp_client: Callable[..., Any], make_config: Callable[..., C
 def started_from_file(aiohttp_client: Callable[..., Any], upstream: FakeUpstream, tmp_path: Any) -> Callable[..., Any]:
     """A gateway started from a config file (the base config plus ``extra``), as ``serve --config``
     does, so that a reload re-reads it: the client, the file and the text written to it."""
-    from gateway.config import load_config
+    from gateway.config_load import load_config
 
     async def start(extra: str = "") -> tuple[TestClient, Any, str]:
         path = tmp_path / "gateway.yaml"

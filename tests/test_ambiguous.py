@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 
 from gateway.app import create_app
-from gateway.config import key_hash, parse_config
+from gateway.config import key_hash
+from gateway.config_load import parse_config
 from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY, eventually
 from tests.fake_upstream import FakeUpstream, error, hang, reset, reset_mid_body, streamed
 from tests.metrics_reading import Delta, scrape

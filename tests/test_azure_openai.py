@@ -8,7 +8,8 @@ import msgspec
 import pytest
 
 from gateway.app import create_app
-from gateway.config import ConfigError, parse_config
+from gateway.config import ConfigError
+from gateway.config_load import parse_config
 from gateway.http_client import HTTPClient
 from gateway.upstream_http import UpstreamHTTP
 from gateway.registry import Registry

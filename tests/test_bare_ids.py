@@ -73,7 +73,8 @@ async def test_the_switch_requires_owner_and_model(make_client: Any, upstream: A
 
 
 def test_the_switch_takes_only_its_two_values() -> None:
-    from gateway.config import ConfigError, parse_config
+    from gateway.config import ConfigError
+    from gateway.config_load import parse_config
     with pytest.raises(ConfigError) as caught:
         parse_config("bare_model_ids: sometimes\n", env={})
     assert caught.value.problems[0].path == "$.bare_model_ids"

@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import ConfigError, parse_config
+from gateway.config import ConfigError
+from gateway.config_load import parse_config
 from gateway.http_client import HTTPClient
 from gateway.provider import Call, ImageRequest, ProviderError
 from gateway.registry import Registry

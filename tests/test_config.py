@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, config_from_env, key_hash, parse_config
+from gateway.config import ConfigError, key_hash
+from gateway.config_load import config_from_env, parse_config
 
 HASH = "sha256:" + "a" * 64
 

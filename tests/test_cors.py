@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from gateway.config import ConfigError, key_hash, parse_config
+from gateway.config import ConfigError, key_hash
+from gateway.config_load import parse_config
 from gateway.cors import ALWAYS_ALLOWED_HEADERS, ALWAYS_EXPOSED_HEADERS
 from tests.conftest import ADMIN, ADMIN_KEY, AUTH, base_config_yaml
 from tests.fake_upstream import FakeUpstream, streamed
@@ -183,7 +184,7 @@ async def test_any_origin_and_credentials(make_client: Callable[..., Any], caplo
 async def test_reload_turns_cors_on_and_off(aiohttp_client: Callable[..., Any], upstream: FakeUpstream,
                                             tmp_path: Path) -> None:
     from gateway.app import create_app
-    from gateway.config import load_config
+    from gateway.config_load import load_config
 
     path = tmp_path / "gateway.yaml"
     path.write_text(base_config_yaml(upstream.url, ADMIN))

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.config import key_hash, parse_config
+from gateway.config import key_hash
+from gateway.config_load import parse_config
 from tests.chromium import CHROMIUM, DevTools
 
 if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):

@@ -35,7 +35,8 @@ from aiohttp import web
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import key_hash, parse_config
+from gateway.config import key_hash
+from gateway.config_load import parse_config
 from gateway.router import CREDENTIALS_REJECTED
 from gateway.testing import FakeUpstream, bytes_reply, json_reply
 from tests import fake_bfl as b

@@ -23,7 +23,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.cli import build_parser, main
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -21,7 +21,8 @@ import openai
 import pytest
 from PIL import Image
 
-from gateway.config import key_hash, parse_config
+from gateway.config import key_hash
+from gateway.config_load import parse_config
 from tests.conftest import AUTH, GATEWAY_KEY
 from tests.fake_upstream import FakeUpstream, error
 

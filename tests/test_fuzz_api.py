@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                response_schema_conformance, status_code_conformance)
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from gateway.openapi import build_spec
 from tests.conftest import AUTH, base_config_yaml
 from tests.fake_upstream import FakeUpstream

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from gateway.api import ImageRequest
 from gateway.catalog import openai_image_models
-from gateway.config import Config, ConfigError, config_from_env, parse_config
+from gateway.config import Config, ConfigError
+from gateway.config_load import config_from_env, parse_config
 from gateway.errors import ErrorBody, GatewayError
 from gateway.http_client import HTTPClient
 from gateway.plan import make_plan

@@ -27,7 +27,8 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import ConfigError, key_hash, parse_config
+from gateway.config import ConfigError, key_hash
+from gateway.config_load import parse_config
 from gateway.http_client import HTTPClient
 from gateway.registry import Registry
 from gateway.router import CREDENTIALS_REJECTED

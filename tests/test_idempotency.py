@@ -170,7 +170,7 @@ async def test_a_failure_after_which_nothing_was_billed_is_not_kept(make_client:
 async def test_the_gateways_own_refusal_before_any_call_is_not_kept(aiohttp_client: Any, upstream: FakeUpstream
                                                                      ) -> None:
     from gateway.app import create_app
-    from gateway.config import parse_config
+    from gateway.config_load import parse_config
     from tests.limits_config import AUTH as LIMITED, limits_yaml
     config = parse_config(limits_yaml(upstream.url, "{concurrent_requests: 1}"), env={})
     client = await aiohttp_client(create_app(config))

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from tests.conftest import AUTH, GATEWAY_KEY, base_config_yaml, eventually
 from tests.fake_upstream import FakeUpstream, block, hang
 from tests.gateway_process import GatewayProcess

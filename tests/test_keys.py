@@ -11,7 +11,8 @@ from typing import Any, AsyncIterator, Callable
 import openai
 import pytest
 
-from gateway.config import ConfigError, parse_config
+from gateway.config import ConfigError
+from gateway.config_load import parse_config
 from tests.conftest import OTHER_KEY, UPSTREAM_KEY
 
 KEY = "og-test-keys-module-3c9d1a"

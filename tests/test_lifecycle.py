@@ -20,7 +20,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.catalog import openai_image_models
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from tests.conftest import AUTH, base_config_yaml
 from tests.metrics_reading import parse
 
@@ -174,7 +174,7 @@ router: {max_attempts_per_target: 1}
 
 async def test_the_local_provider_follows_openai(aiohttp_client: Callable[..., Any]) -> None:
     # The quick start's gateway (no config file, no key): the local provider behaves as OpenAI would.
-    from gateway.config import config_from_env
+    from gateway.config_load import config_from_env
     env = config_from_env({"OPENGATEWAY_API_KEY": "og-local"})
     client = await aiohttp_client(create_app(env.config, today=lambda: TODAY))
     auth = {"Authorization": "Bearer og-local"}

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from gateway.limits.policy import reset_text
 from tests.fake_upstream import error, ok
 from tests.gate import Gate

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.app import create_app
-from gateway.config import LimitsConfig, parse_config
+from gateway.config import LimitsConfig
+from gateway.config_load import parse_config
 from gateway.limits import BackendUnavailable
 from gateway.limits.policy import Plan
 from gateway.limits.redis_backend import RedisBackend

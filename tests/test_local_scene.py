@@ -178,7 +178,7 @@ def test_the_product_prompt_is_a_red_cube_on_white() -> None:
 
 async def test_the_product_page_request_through_the_offline_gateway(aiohttp_client: Any) -> None:
     from gateway.app import create_app
-    from gateway.config import parse_config
+    from gateway.config_load import parse_config
 
     config = parse_config(f"""
 keys:

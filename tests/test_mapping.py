@@ -15,7 +15,8 @@ from aiohttp import web
 from PIL import Image
 
 from gateway.api import InputTokensDetails, OutputTokensDetails, Usage
-from gateway.config import ConfigError, parse_config
+from gateway.config import ConfigError
+from gateway.config_load import parse_config
 from gateway.cost import model_cost
 from gateway.http_client import HTTPClient
 from gateway.provider import (K_CLASSES, Batch, Call, FilePart, GeneratedImage, GridRule, Price, ProviderError,

@@ -18,7 +18,7 @@ from aiohttp import web
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from tests.conftest import AUTH, GATEWAY_KEY
 from tests.fake_upstream import block
 from tests.flavours import FLAVOURS, PROMPT, Flavour

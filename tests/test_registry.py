@@ -83,7 +83,7 @@ def test_operator_capabilities_vouch_for_an_unknown_model(make_config: Any) -> N
 def test_an_openai_base_url_the_client_cannot_call_is_a_config_problem() -> None:
     import msgspec
 
-    from gateway.config import parse_config
+    from gateway.config_load import parse_config
 
     config = parse_config(msgspec.json.encode({"providers": [
         {"id": "oa", "plugin": "openai", "settings": {"api_key": "k", "base_url": "ftp://files.example/v1"}}]}).decode(),

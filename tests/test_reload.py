@@ -17,7 +17,8 @@ from typing import Any, Callable
 import pytest
 
 from gateway.app import create_app
-from gateway.config import key_hash, load_config
+from gateway.config import key_hash
+from gateway.config_load import load_config
 from tests.conftest import UPSTREAM_KEY
 from tests.fake_upstream import FakeUpstream, error
 from tests.gate import Gate

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from gateway.breaker import Breaker
-from gateway.config import BreakerConfig, ConfigError, RouterConfig, parse_config
+from gateway.config import BreakerConfig, ConfigError, RouterConfig
+from gateway.config_load import parse_config
 from gateway.registry import Target
 from gateway.router import order_targets
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.catalog import openai_image_models
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from gateway.cost import estimate_usd
 from gateway.api import ImageRequest
 from tests.conftest import eventually

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.supervisor import mark_process_dead
+from gateway.metrics_dir import mark_process_dead
 from tests.conftest import base_config_yaml
 from tests.gateway_process import GatewayProcess
 

@@ -39,7 +39,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from gateway.app import MIDDLEWARES, create_app
 from gateway.middleware.tracing import tracing_middleware
 from gateway.appkeys import RESOURCES, TRACING
-from gateway.config import ConfigError, parse_config
+from gateway.config import ConfigError
+from gateway.config_load import parse_config
 from gateway.runtime import restart_required
 from gateway.upstream_http import TracedUpstreamHTTP, UpstreamHTTP
 from tests.conftest import AUTH, GATEWAY_KEY, UPSTREAM_KEY, eventually
@@ -436,7 +437,8 @@ def test_without_the_extra_check_config_says_how_to_install_it(tmp_path: Path, u
 
 async def test_without_the_extra_start_up_is_a_config_error(upstream: FakeUpstream,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.config import OTEL_MODULES, Config, TracingConfig
+    from gateway.config import Config, TracingConfig
+    from gateway.config_load import OTEL_MODULES
 
     config = parse_config(config_yaml(upstream.url, TWO_REGIONS), env={})  # type: ignore[attr-defined]
     config = msgspec.structs.replace(config, tracing=TracingConfig(enabled=True))  # built in code: no check ran

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config_load import parse_config
 from gateway.appkeys import HTTP_CLIENT
 from tests import fake_upstream as fu
 from tests.conftest import AUTH, base_config_yaml, eventually, in_flight

@@ -43,6 +43,7 @@ import msgspec
 import pytest
 
 from gateway.api import ImageRequest
+from gateway.config_load import is_model_id
 from gateway.http_client import HTTPClient
 from gateway.plugins import discover
 from gateway.provider import API_VERSION, Call, ImageResult, Model, Provider, ProviderError, UpstreamHTTP
@@ -51,8 +52,6 @@ from gateway.testing.upstream import FakeUpstream
 from gateway.upstream import parse_upstream
 
 KINDS = ("success", "auth", "rate_limit", "server_error", "refusal", "malformed", "hang")
-#: The model id form the config accepts (gateway/config.py).
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _SIZE = re.compile(r"^[1-9][0-9]*x[1-9][0-9]*$")
 _CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 _REQUEST_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(ImageRequest))
@@ -182,7 +181,8 @@ class ProviderContract:
         from aiohttp.test_utils import TestServer
 
         from gateway.app import create_app
-        from gateway.config import key_hash, parse_config
+        from gateway.config import key_hash
+        from gateway.config_load import parse_config
 
         key = "og-contract-suite-key-5e1f0a"
         config = parse_config(msgspec.json.encode({
@@ -223,7 +223,7 @@ class ProviderContract:
 
 def _check_model(model: Model) -> None:
     caps = model.capabilities
-    assert _MODEL_ID.match(model.id), f"'{model.id}' is not an owner/model id"
+    assert is_model_id(model.id), f"'{model.id}' is not an owner/model id"
     assert caps.sizes or caps.flexible_sizes, f"{model.id}: no size is accepted"
     for size in caps.sizes:
         assert size == "auto" or _SIZE.match(size), f"{model.id}: size '{size}' is neither auto nor WxH"
