@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from gateway.config import load_config
+    from gateway.config_load import load_config
     from gateway.listeners import bind_listeners
     from gateway.server import install_uvloop, serve
     from gateway import metrics
